@@ -1,0 +1,570 @@
+"""The HTTP API: Enterprise Manager's routes for agent guest-file restore.
+
+Routes read the request, ask a service, and pick the response; nothing else. Errors are raised as
+:class:`ApiError` where the fact is known and rendered once, by :func:`_render_error`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from openflr import __version__
+from openflr.api.download import file_response, folder_response
+from openflr.api.errors import ApiError
+from openflr.api.negotiation import parse_body, query, wants_json
+from openflr.catalog import RestorePoint
+from openflr.engine import GuestEntry
+from openflr.engine.errors import EngineError, GuestPathInvalid, GuestPathNotFound, NotAFolder
+from openflr.mounts import Mount, MountGone
+from openflr.representation import Collection, Node, encode
+from openflr.representation import resources as rep
+from openflr.representation.tree import Link
+from openflr.services import Services
+from openflr.sessions import LogonSession
+from openflr.tasks import Task, parse_task_id
+
+log = logging.getLogger(__name__)
+
+__all__ = ["create_app"]
+
+SESSION_HEADER = "X-RestSvcSessionId"
+MAX_PAGE_SIZE = 10_000
+_VERSION = re.compile(r"^(latest|v?\d+([._]\d+)*)$", re.I)
+_ACTIONS = {"listall": "listAll", "listdirs": "listDirs", "listfiles": "listFiles"}
+_request_ids = itertools.count(1)
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+                   Awaitable[None]]
+
+
+def create_app(services: Services) -> FastAPI:
+    """Build the ASGI application over a set of services."""
+    app = FastAPI(
+        title="openflr",
+        version=__version__,
+        description="Veeam Backup Enterprise Manager REST API for guest file-level restore.",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+        redirect_slashes=False,
+    )
+    api = _Api(services)
+    api.register(app)
+    app.add_exception_handler(ApiError, _render_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _render_http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _render_validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _render_unexpected)
+    app.add_middleware(_RequestLog)
+    app.add_middleware(_CanonicalPath)
+    return app
+
+
+def _urls(request: Request) -> rep.Urls:
+    base = str(request.base_url).rstrip("/")
+    return rep.Urls(api=f"{base}/api")
+
+
+def _respond(request: Request, tree: Node | Collection, status: int = 200,
+             body_kind: str | None = None, headers: dict[str, str] | None = None) -> Response:
+    body, media_type = encode(tree, wants_json(request, body_kind))
+    return Response(body, status_code=status, media_type=media_type, headers=headers)
+
+
+async def _render_error(request: Request, exc: ApiError) -> Response:
+    headers = dict(exc.headers)
+    if exc.status == 401:
+        headers.setdefault("WWW-Authenticate", "Basic Realm=RestSvc")
+    return _respond(request, rep.error(exc.status, exc.message), exc.status, headers=headers)
+
+
+async def _render_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    messages = {
+        404: "No resource at this URL.",
+        405: f"The {request.method} method is not supported on this resource.",
+    }
+    message = messages.get(exc.status_code, str(exc.detail))
+    return await _render_error(request, ApiError(exc.status_code, message))
+
+
+async def _render_validation_error(request: Request, exc: RequestValidationError) -> Response:
+    return await _render_error(request, ApiError(400, f"Invalid request: {exc.errors()}"))
+
+
+async def _render_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return await _render_error(
+        request, ApiError(500, f"Internal error ({type(exc).__name__}); see the server log.")
+    )
+
+
+class _Api:
+    """The route handlers, holding the services they ask."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def register(self, app: FastAPI) -> None:
+        add = app.add_api_route
+        add("/api", self.entry_point, methods=["GET"], include_in_schema=False)
+        add("/api/", self.entry_point, methods=["GET"])
+        add("/api/sessionMngr", self.logon, methods=["POST"], include_in_schema=False)
+        add("/api/sessionMngr/", self.logon, methods=["POST"], status_code=201)
+        add("/api/logonSessions", self.list_logon_sessions, methods=["GET"])
+        add("/api/logonSessions/{session_id}", self.get_logon_session, methods=["GET"])
+        add("/api/logonSessions/{session_id}", self.logoff, methods=["DELETE"], status_code=204)
+        add("/api/agents", self.agents, methods=["GET"])
+        add("/api/agents/agentRestorePoints", self.list_restore_points, methods=["GET"])
+        add("/api/agents/agentRestorePoints/{point_id}", self.get_restore_point, methods=["GET"])
+        mounts = "/api/agents/agentRestorePoints/{point_id}/mounts"
+        add(mounts, self.list_mounts, methods=["GET"])
+        add(mounts, self.create_mount, methods=["POST"], status_code=202)
+        add(mounts + "/{number}", self.get_mount, methods=["GET"])
+        add(mounts + "/{number}", self.delete_mount, methods=["DELETE"], status_code=204)
+        add(mounts + "/{number}/{guest_path:path}", self.browse, methods=["GET", "HEAD"])
+        add(mounts + "/{number}/{guest_path:path}", self.post_guest_path, methods=["POST"])
+        add("/api/tasks", self.list_tasks, methods=["GET"])
+        add("/api/tasks/{task_id}", self.get_task, methods=["GET"])
+        add("/api/tasks/{task_id}", self.delete_task, methods=["DELETE"], status_code=204)
+
+    # -- entry point and logon -----------------------------------------------------------------
+
+    async def entry_point(self, request: Request) -> Response:
+        """``GET /api/``: where to log on, without authentication."""
+        return _respond(request, rep.enterprise_manager(_urls(request)))
+
+    async def logon(self, request: Request) -> Response:
+        """``POST /api/sessionMngr/?v=latest``: Basic credentials in, session token out."""
+        version = query(request).get("v")
+        if version is not None and not _VERSION.match(version.strip()):
+            raise ApiError(400, f"Unknown API version {version!r}: use v=latest or v1_5..v1_7.")
+
+        name, password = _basic_credentials(request)
+        account = await run_in_threadpool(self.services.users.verify, name, password)
+        if account is None:
+            log.info("logon refused for user %r from %s", name, _client(request))
+            raise ApiError(401, "The user name or password is incorrect.")
+
+        session, token = await run_in_threadpool(self.services.sessions.create, account)
+        request.scope.setdefault("state", {})["session_id"] = session.id
+        urls = _urls(request)
+        cookie = f"{SESSION_HEADER}={token}; Path=/api; HttpOnly"
+        if request.url.scheme == "https":
+            cookie += "; Secure"
+        headers = {
+            SESSION_HEADER: token,
+            "Set-Cookie": cookie,
+            "Location": urls.logon_session(session),
+        }
+        return _respond(request, rep.logon_session(urls, session), 201, headers=headers)
+
+    async def list_logon_sessions(self, request: Request) -> Response:
+        session = await self._session(request)
+        return _respond(request, rep.logon_sessions(_urls(request), [session]))
+
+    async def get_logon_session(self, request: Request, session_id: str) -> Response:
+        session = await self._session(request)
+        if session_id.strip("{}").lower() != session.id:
+            raise ApiError(404, f"No logon session {session_id} is visible to this session.")
+        return _respond(request, rep.logon_session(_urls(request), session))
+
+    async def logoff(self, request: Request, session_id: str) -> Response:
+        """``DELETE /api/logonSessions/{id}``: end the session and release its mounts."""
+        session = await self._session(request)
+        if session_id.strip("{}").lower() != session.id:
+            raise ApiError(404, f"No logon session {session_id} is visible to this session.")
+        await run_in_threadpool(self.services.sessions.end, session.id, "logoff")
+        return Response(status_code=204)
+
+    # -- restore points ------------------------------------------------------------------------
+
+    async def agents(self, request: Request) -> Response:
+        await self._session(request)
+        return _respond(request, rep.agents_service(_urls(request)))
+
+    async def list_restore_points(self, request: Request) -> Response:
+        await self._session(request)
+        points = await run_in_threadpool(self.services.catalog.all)
+        urls = _urls(request)
+        if _entity_format(request):
+            return _respond(request, rep.restore_point_entities(urls, points))
+        return _respond(request, rep.restore_point_references(urls, points))
+
+    async def get_restore_point(self, request: Request, point_id: str) -> Response:
+        await self._session(request)
+        point = await self._restore_point(point_id)
+        urls = _urls(request)
+        if _entity_format(request):
+            return _respond(request, rep.restore_point_entity(urls, point))
+        return _respond(request, rep.restore_point_reference(urls, point, tag="EntityRef"))
+
+    # -- mounts --------------------------------------------------------------------------------
+
+    async def create_mount(self, request: Request, point_id: str) -> Response:
+        """``POST …/mounts``: 202 with a Running task; the mount opens in the background."""
+        session = await self._session(request)
+        point = await self._restore_point(point_id)
+        kind, _ = parse_body(await request.body())
+        task = await run_in_threadpool(self.services.mounts.start_mount, session.id, point)
+        return _respond(request, self._task_tree(request, task), 202, body_kind=kind)
+
+    async def list_mounts(self, request: Request, point_id: str) -> Response:
+        session = await self._session(request)
+        point = await self._restore_point(point_id)
+        found = await run_in_threadpool(self.services.mounts.list, session.id, point)
+        urls = _urls(request)
+        items = [self._mount_tree(urls, m) for m in found]
+        return _respond(request, rep.mounts(urls, items))
+
+    async def get_mount(self, request: Request, point_id: str, number: str) -> Response:
+        mount = await self._mount(request, point_id, number)
+        return _respond(request, self._mount_tree(_urls(request), mount))
+
+    async def delete_mount(self, request: Request, point_id: str, number: str) -> Response:
+        """``DELETE …/mounts/{n}``: unmount at once."""
+        session = await self._session(request)
+        point = await self._restore_point(point_id)
+        mount_number = _mount_number(number)
+        done = await run_in_threadpool(
+            self.services.mounts.unmount, session.id, point, mount_number
+        )
+        if not done:
+            raise ApiError(404, f"No mount {number} of restore point {point.id} in this session.")
+        return Response(status_code=204)
+
+    # -- guest files ---------------------------------------------------------------------------
+
+    async def browse(self, request: Request, point_id: str, number: str,
+                     guest_path: str) -> Response:
+        """``GET …/mounts/{n}/{path}``: a listing page, an entry, or (``action=download``) data."""
+        mount = await self._mount(request, point_id, number)
+        params = query(request)
+        action = (params.get("action") or "").strip()
+        if not guest_path and "/" not in mount.opened.files.roots:
+            return _respond(request, self._mount_tree(_urls(request), mount))
+
+        entry = await run_in_threadpool(_stat, mount, guest_path or "/")
+        if action.lower() == "download":
+            return await self._download(request, mount, entry)
+        if action and action.lower() not in _ACTIONS:
+            raise ApiError(400, f"Unknown action {action!r}: use listAll, listDirs, listFiles "
+                                "or download.")
+        if entry.kind != "dir":
+            if action:
+                raise ApiError(400, f"{entry.path} is a file; it has no listing.")
+            return _respond(request, rep.file_system_entry(
+                _urls(request), mount.restore_point, mount.number, entry))
+        return await self._listing(request, mount, entry, _ACTIONS.get(action.lower(), "listAll"),
+                                   params)
+
+    async def post_guest_path(self, request: Request, point_id: str, number: str,
+                              guest_path: str) -> Response:
+        """``POST …/{path}?action=restore``: prepare a file or folder for download (a task)."""
+        mount = await self._mount(request, point_id, number)
+        action = (query(request).get("action") or "").strip().lower()
+        if action == "download":
+            entry = await run_in_threadpool(_stat, mount, guest_path or "/")
+            return await self._download(request, mount, entry)
+        if action != "restore":
+            raise ApiError(400, "POST on a guest path needs ?action=restore.")
+
+        kind, body = parse_body(await request.body())
+        spec = _restore_spec(body)
+        if "tooriginallocation" in spec:
+            raise ApiError(
+                400,
+                "Restore to the original location is not supported: openflr cannot reach the "
+                "protected machine. Use ForDirectDownload and copy the files from the download.",
+            )
+        if "fordirectdownload" not in spec:
+            raise ApiError(400, "FileRestoreSpec needs ForDirectDownload.")
+
+        entry = await run_in_threadpool(_stat, mount, guest_path or "/")
+        task = await run_in_threadpool(self._start_restore, request, mount, entry)
+        return _respond(request, self._task_tree(request, task), 202, body_kind=kind)
+
+    def _start_restore(self, request: Request, mount: Mount, entry: GuestEntry) -> Task:
+        files = mount.opened.files
+
+        def work(_task_number: int) -> Any:
+            from openflr.tasks import TaskOutcome
+
+            try:
+                files.stat(entry.path)
+            except EngineError as exc:
+                return TaskOutcome(False, str(exc))
+            return TaskOutcome(True, "Ok")
+
+        session_id = mount.session_id
+        return self.services.tasks.start(
+            session_id, "FileRestoreFromMountPoint", work,
+            restore_point_id=mount.restore_point.id, mount_number=mount.number,
+            guest_path=entry.path,
+        )
+
+    async def _download(self, request: Request, mount: Mount, entry: GuestEntry) -> Response:
+        files = mount.opened.files
+        head = request.method == "HEAD"
+        if entry.kind == "dir":
+            zip_name = (entry.name.rstrip(":/") or "root") + ".zip"
+            log.info("download of folder %s from mount %s@%d", entry.path,
+                     mount.restore_point.id, mount.number)
+            return await run_in_threadpool(folder_response, files, entry, zip_name)
+        if entry.kind == "symlink":
+            raise ApiError(400, f"{entry.path} is a symbolic link; download its target instead.")
+        log.info("download of %s (%d bytes) from mount %s@%d", entry.path, entry.size,
+                 mount.restore_point.id, mount.number)
+        return await run_in_threadpool(
+            file_response, files, entry, request.headers.get("range"), head
+        )
+
+    async def _listing(self, request: Request, mount: Mount, folder: GuestEntry, action: str,
+                       params: dict[str, str]) -> Response:
+        size = _positive_int(params, "pagesize", 100 if action == "listAll" else 10)
+        size = min(size, MAX_PAGE_SIZE)
+        number = _positive_int(params, "page", 1)
+        try:
+            entries = await run_in_threadpool(mount.opened.files.list, folder.path)
+        except NotAFolder as exc:
+            raise ApiError(400, str(exc)) from exc
+        except EngineError as exc:
+            raise ApiError(404, str(exc)) from exc
+        if action == "listFiles":
+            entries = [e for e in entries if e.kind != "dir"]
+        elif action == "listDirs":
+            entries = [e for e in entries if e.kind == "dir"]
+        count = max(1, math.ceil(len(entries) / size))
+        page_entries = entries[(number - 1) * size: number * size]
+        page = rep.Page(action=action, size=size, number=number, count=count)
+        tree = rep.file_system_entries(_urls(request), mount.restore_point, mount.number,
+                                       folder.path, page_entries, page)
+        return _respond(request, tree)
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    async def list_tasks(self, request: Request) -> Response:
+        session = await self._session(request)
+        found = await run_in_threadpool(self.services.tasks.list, session.id)
+        return _respond(request, rep.tasks([self._task_tree(request, t) for t in found]))
+
+    async def get_task(self, request: Request, task_id: str) -> Response:
+        session = await self._session(request)
+        number = parse_task_id(task_id)
+        task = None
+        if number is not None:
+            task = await run_in_threadpool(self.services.tasks.get, session.id, number)
+        if task is None:
+            raise ApiError(404, f"No task {task_id} in this logon session.")
+        return _respond(request, self._task_tree(request, task))
+
+    async def delete_task(self, request: Request, task_id: str) -> Response:
+        session = await self._session(request)
+        number = parse_task_id(task_id)
+        done = number is not None and await run_in_threadpool(
+            self.services.tasks.delete, session.id, number
+        )
+        if not done:
+            raise ApiError(404, f"No task {task_id} in this logon session.")
+        return Response(status_code=204)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _session(self, request: Request) -> LogonSession:
+        """The logon session of the request's token; the cookie is tried first, then the header."""
+        candidates = [request.cookies.get(SESSION_HEADER), request.headers.get(SESSION_HEADER)]
+        tokens = [t.strip() for t in candidates if t and t.strip()]
+        if not tokens:
+            raise ApiError(401, "No logon session: log on at /api/sessionMngr/?v=latest and "
+                                f"send the token in the {SESSION_HEADER} header.")
+        for token in dict.fromkeys(tokens):
+            session = await run_in_threadpool(self.services.sessions.authenticate, token)
+            if session is not None:
+                request.scope.setdefault("state", {})["session_id"] = session.id
+                return session
+        raise ApiError(401, "The logon session has expired or does not exist; log on again.")
+
+    async def _restore_point(self, point_id: str) -> RestorePoint:
+        point = await run_in_threadpool(self.services.catalog.get, point_id)
+        if point is None:
+            raise ApiError(404, f"No agent restore point {point_id}.")
+        return point
+
+    async def _mount(self, request: Request, point_id: str, number: str) -> Mount:
+        session = await self._session(request)
+        point = await self._restore_point(point_id)
+        mount_number = _mount_number(number)
+        try:
+            mount = await run_in_threadpool(
+                self.services.mounts.get, session.id, point, mount_number
+            )
+        except MountGone as exc:
+            raise ApiError(410, str(exc)) from exc
+        if mount is None:
+            raise ApiError(404, f"No mount {number} of restore point {point.id} in this session.")
+        return mount
+
+    def _mount_tree(self, urls: rep.Urls, mount: Mount) -> Node:
+        roots = mount.opened.files.root_entries()
+        return rep.mount(urls, mount.restore_point, mount.number, roots)
+
+    def _task_tree(self, request: Request, task: Task) -> Node:
+        urls = _urls(request)
+        related: list[Link] = []
+        point = (self.services.catalog.get(task.restore_point_id)
+                 if task.restore_point_id else None)
+        if task.state == "Finished" and task.success and point is not None:
+            if task.operation == "MountRestorePoint" and task.mount_number is not None:
+                related.append(Link("Related", urls.mount(point, task.mount_number),
+                                    "AgentRestorePointMount", f"{point.id}@{task.mount_number}"))
+            if task.operation == "FileRestoreFromMountPoint" and task.guest_path is not None:
+                href = urls.guest(point, task.mount_number or 0, task.guest_path)
+                related.append(Link("Download", f"{href}?action=download"))
+        return rep.task(urls, task, related)
+
+
+def _stat(mount: Mount, guest_path: str) -> GuestEntry:
+    try:
+        return mount.opened.files.stat(guest_path)
+    except GuestPathInvalid as exc:
+        raise ApiError(404, f"{exc}.") from exc
+    except GuestPathNotFound as exc:
+        raise ApiError(404, f"No file or folder {exc.path!r} in this mount.") from exc
+    except EngineError as exc:
+        raise ApiError(500, str(exc)) from exc
+
+
+def _entity_format(request: Request) -> bool:
+    return query(request).get("format", "").strip().lower() in ("entity", "entities")
+
+
+def _mount_number(text: str) -> int:
+    if not text.isdigit() or len(text) > 9:
+        raise ApiError(404, f"No mount {text!r}: mount ids are numbers.")
+    return int(text)
+
+
+def _positive_int(params: dict[str, str], key: str, default: int) -> int:
+    raw = params.get(key)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ApiError(400, f"{key} must be a whole number, not {raw!r}.") from None
+    if value < 1:
+        raise ApiError(400, f"{key} must be 1 or more, not {value}.")
+    return value
+
+
+def _restore_spec(body: dict[str, Any]) -> dict[str, Any]:
+    """Return the FileRestoreSpec's content with lower-case keys, whatever its wrapping."""
+    lowered = {k.lower(): v for k, v in body.items()}
+    spec = lowered.get("filerestorespec", lowered)
+    if not isinstance(spec, dict):
+        raise ApiError(400, "FileRestoreSpec must hold ForDirectDownload.")
+    return {k.lower(): v for k, v in spec.items()}
+
+
+def _basic_credentials(request: Request) -> tuple[str, str]:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        raise ApiError(401, "Log on with HTTP Basic authentication.")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=False).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ApiError(401, "The Basic authorization header cannot be decoded.") from None
+    name, sep, password = decoded.partition(":")
+    if not sep:
+        raise ApiError(401, "The Basic authorization header holds no password.")
+    return name, password
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
+class _CanonicalPath:
+    """Make hand-built URLs route: API names in any case, trailing slashes, the URN form of ids.
+
+    Only the fixed part of the path is touched; a guest path after ``/mounts/{n}/`` is left as
+    it came, since Linux names are case-sensitive.
+    """
+
+    _NAMES = {n.lower(): n for n in (
+        "api", "sessionMngr", "logonSessions", "agents", "agentRestorePoints", "mounts", "tasks",
+    )}
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope["path"] = self.canonical(scope["path"])
+        await self.app(scope, receive, send)
+
+    def canonical(self, path: str) -> str:
+        parts = path.split("/")
+        fixed_end = len(parts)
+        for i, part in enumerate(parts):
+            if part.lower() == "mounts" and i + 2 < len(parts):
+                fixed_end = i + 2
+                break
+        head = [self._NAMES.get(p.lower(), p) for p in parts[:fixed_end]]
+        canonical = "/".join(head + parts[fixed_end:])
+        if fixed_end == len(parts) and len(canonical) > 5:
+            keep = canonical.endswith("/sessionMngr/")
+            canonical = canonical.rstrip("/") + ("/" if keep else "")
+        return canonical
+
+
+class _RequestLog:
+    """One INFO line per request: id, method, path, status, time, logon session."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = next(_request_ids)
+        started = time.monotonic()
+        status = 0
+        sent = 0
+
+        async def send_logged(message: Any) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", str(request_id).encode()))
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        finally:
+            session_id = scope.get("state", {}).get("session_id", "-")
+            client = scope.get("client") or ("-", 0)
+            log.info(
+                "request %d %s %s %s %d %d bytes %.1f ms session %s",
+                request_id, client[0], scope["method"], scope["path"], status, sent,
+                (time.monotonic() - started) * 1000, session_id,
+            )

@@ -1,0 +1,249 @@
+"""Downloads: a guest file as it is (with HTTP ranges), a guest folder as a streamed zip.
+
+Streams stay streams: a file goes out in 1 MiB reads, a zip is written entry by entry into a small
+buffer that is handed to the client as soon as it fills. Nothing holds a whole file in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import zipfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+from starlette.responses import Response, StreamingResponse
+
+from openflr.api.errors import ApiError
+from openflr.engine import GuestEntry, GuestFileSystem
+from openflr.engine.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["file_response", "folder_response"]
+
+CHUNK = 1 << 20
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.I)
+
+
+def content_disposition(name: str) -> str:
+    """An attachment header that carries any name: ASCII fallback plus RFC 5987 UTF-8 form."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\;' else "_" for c in name)
+    encoded = quote(name.encode("utf-8", "surrogateescape"), safe="")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """Return the inclusive byte range a ``Range`` header asks for, or None for the whole file.
+
+    Several ranges at once are answered with the whole file, as RFC 9110 allows.
+
+    Raises:
+        ApiError: 416 when the range lies outside the file.
+    """
+    if not header or "," in header:
+        return None
+    match = _RANGE.match(header)
+    if match is None:
+        return None
+    first, last = match.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":
+        length = int(last)
+        if length == 0:
+            raise _unsatisfiable(size)
+        return max(size - length, 0), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        raise _unsatisfiable(size)
+    return start, end
+
+
+def _unsatisfiable(size: int) -> ApiError:
+    return ApiError(416, f"The requested range is not within the file's {size} bytes.",
+                    {"Content-Range": f"bytes */{size}"})
+
+
+def file_response(
+    files: GuestFileSystem, entry: GuestEntry, range_header: str | None, head: bool
+) -> Response:
+    """Stream one guest file."""
+    size = entry.size
+    wanted = parse_range(range_header, size)
+    start, end = wanted if wanted is not None else (0, size - 1)
+    length = end - start + 1 if size else 0
+
+    headers = {
+        "Content-Disposition": content_disposition(entry.name),
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(length),
+    }
+    if entry.mtime is not None:
+        headers["Last-Modified"] = datetime.fromtimestamp(entry.mtime, UTC).strftime(
+            "%a, %d %b %Y %H:%M:%S GMT"
+        )
+    status = 200
+    if wanted is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+
+    if head:
+        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+
+    try:
+        stream = files.open(entry.path)
+    except EngineError as exc:
+        raise ApiError(500, str(exc)) from exc
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            stream.seek(start)
+            remaining = length
+            while remaining > 0:
+                data = stream.read(min(CHUNK, remaining))
+                if not data:
+                    # Ending here short of Content-Length makes the client see a broken
+                    # download instead of a file silently cut or padded.
+                    log.warning("%s: data ends %d bytes early", entry.path, remaining)
+                    return
+                remaining -= len(data)
+                yield data
+        except EngineError as exc:
+            log.warning("%s: read failed during download: %s", entry.path, exc)
+        finally:
+            stream.close()
+
+    return StreamingResponse(chunks(), status_code=status, headers=headers,
+                             media_type="application/octet-stream")
+
+
+class _Sink:
+    """A write-only, unseekable file for :mod:`zipfile` whose bytes are taken out as they come."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.offset = 0
+
+    def write(self, data: bytes) -> int:
+        if data:
+            self._parts.append(bytes(data))
+            self._size += len(data)
+            self.offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.offset
+
+    def flush(self) -> None:
+        pass
+
+    def seekable(self) -> bool:
+        return False
+
+    def pending(self) -> int:
+        return self._size
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        self._size = 0
+        return data
+
+
+def folder_response(files: GuestFileSystem, folder: GuestEntry, zip_name: str) -> Response:
+    """Stream a guest folder as a zip (stored, zip64 where sizes need it).
+
+    Files that cannot be read do not stop the download: they are listed, with the reason, in
+    ``openflr-errors.txt`` at the end of the zip.
+    """
+    try:
+        files.list(folder.path)
+    except EngineError as exc:
+        raise ApiError(500, str(exc)) from exc
+    prefix_length = len(folder.path.rstrip("/")) + 1
+
+    def chunks() -> Iterator[bytes]:
+        sink = _Sink()
+        errors: list[str] = []
+        archive = zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        started = time.monotonic()
+        count = 0
+        for entry in files.walk(folder.path):
+            name = entry.path[prefix_length:]
+            if entry.kind == "dir":
+                info = zipfile.ZipInfo(name + "/", _zip_time(entry.mtime))
+                info.external_attr = 0o40755 << 16 | 0x10
+                archive.writestr(info, b"")
+            elif entry.kind == "file":
+                yield from _add_file(archive, files, entry, name, sink, errors)
+                count += 1
+            else:
+                errors.append(f"{name}: symbolic link, not followed")
+            yield from _drain(sink, force=False)
+        if errors:
+            archive.writestr("openflr-errors.txt", "\n".join(errors) + "\n")
+        archive.close()
+        yield from _drain(sink, force=True)
+        log.info("zip of %s: %d files, %d bytes, %d errors, %.2f s", folder.path, count,
+                 sink.offset, len(errors), time.monotonic() - started)
+
+    return StreamingResponse(
+        chunks(),
+        media_type="application/zip",
+        headers={"Content-Disposition": content_disposition(zip_name)},
+    )
+
+
+def _drain(sink: _Sink, force: bool) -> Iterator[bytes]:
+    if sink.pending() >= CHUNK or (force and sink.pending()):
+        yield sink.take()
+
+
+def _zip_time(mtime: float | None) -> tuple[int, int, int, int, int, int]:
+    moment = datetime.fromtimestamp(mtime or 315532800, UTC)
+    if moment.year < 1980:
+        moment = datetime(1980, 1, 1, tzinfo=UTC)
+    if moment.year > 2107:
+        moment = datetime(2107, 12, 31, 23, 59, 58, tzinfo=UTC)
+    return (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
+
+
+def _add_file(
+    archive: zipfile.ZipFile,
+    files: GuestFileSystem,
+    entry: GuestEntry,
+    name: str,
+    sink: _Sink,
+    errors: list[str],
+) -> Iterator[bytes]:
+    """Write one file into the zip, yielding the zip's bytes as they fill a chunk."""
+    try:
+        stream = files.open(entry.path)
+    except EngineError as exc:
+        errors.append(f"{name}: {exc}")
+        return
+
+    info = zipfile.ZipInfo(name, _zip_time(entry.mtime))
+    info.file_size = entry.size
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o100644 << 16
+    try:
+        with archive.open(info, mode="w", force_zip64=entry.size >= zipfile.ZIP64_LIMIT) as out:
+            remaining = entry.size
+            while remaining > 0:
+                data = stream.read(min(CHUNK, remaining))
+                if not data:
+                    errors.append(f"{name}: data ends {remaining} bytes early")
+                    break
+                out.write(data)
+                remaining -= len(data)
+                yield from _drain(sink, force=False)
+    except EngineError as exc:
+        errors.append(f"{name}: {exc}")
+    finally:
+        stream.close()

@@ -1,0 +1,182 @@
+"""The ``openflr`` command: serve restore points, manage users."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from openflr import __version__
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="openflr: file-level restore from machine backups.")
+user_app = typer.Typer(no_args_is_help=True, help="Manage the users who may log on.")
+app.add_typer(user_app, name="user")
+
+SAMPLE_REPOSITORY = Path(__file__).parent / "sample_repository"
+INITIAL_USER = "restore"
+_INITIAL_PASSWORD_FILE = "initial-password"
+
+DataDir = Annotated[
+    Path,
+    typer.Option("--data-dir", envvar="OPENFLR_DATA_DIR",
+                 help="Folder for the database, certificate and logs."),
+]
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "openflr"
+
+
+def _services(data_dir: Path, repositories: list[Path], timeout: float = 900.0,
+              secure: bool = True) -> object:
+    from openflr.services import Services, Settings
+
+    return Services.build(Settings(data_dir=data_dir, repositories=repositories,
+                                   session_timeout=timeout, secure_cookies=secure))
+
+
+@user_app.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="The account name (log on as NAME, .\\NAME, ...).")],
+    data_dir: DataDir = _default_data_dir(),
+    password_stdin: Annotated[bool, typer.Option("--password-stdin",
+                                                 help="Read the password from standard input.")] = False,
+) -> None:
+    """Create a user, or set a new password for an existing one."""
+    from openflr.services import Services
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+    services = _services(data_dir, [])
+    assert isinstance(services, Services)
+    try:
+        created = services.users.add(name, password)
+    except ValueError as exc:
+        typer.echo(f"openflr: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        services.db.close()
+    if name == INITIAL_USER:
+        # The generated password is no longer the one to use, so stop showing it.
+        (data_dir / _INITIAL_PASSWORD_FILE).unlink(missing_ok=True)
+    typer.echo(f"user {name} {'created' if created else 'updated'}")
+
+
+@app.command()
+def serve(
+    data_dir: DataDir = _default_data_dir(),
+    repository: Annotated[Optional[list[Path]], typer.Option(  # noqa: UP007 (typer needs it)
+        "--repository", help="A folder of backups; repeat for several. "
+                             "Default: the sample repository shipped with openflr.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[Optional[int], typer.Option(  # noqa: UP007
+        help="Port (default 9398 with TLS, 9399 with --http).")] = None,
+    http: Annotated[bool, typer.Option("--http", help="Serve plain HTTP, without TLS.")] = False,
+    tls_cert: Annotated[Optional[Path], typer.Option("--tls-cert")] = None,  # noqa: UP007
+    tls_key: Annotated[Optional[Path], typer.Option("--tls-key")] = None,  # noqa: UP007
+    session_timeout: Annotated[float, typer.Option(
+        "--session-timeout", help="Idle seconds before a logon session ends.")] = 900.0,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Serve the Enterprise Manager REST API over the repositories."""
+    import uvicorn
+
+    from openflr.api.app import create_app
+    from openflr.services import Services
+
+    _configure_logging(log_level)
+    repositories = list(repository or [SAMPLE_REPOSITORY])
+    for folder in repositories:
+        if not folder.is_dir():
+            typer.echo(f"openflr: repository {folder} is not a folder", err=True)
+            raise typer.Exit(2)
+    if session_timeout <= 0:
+        typer.echo("openflr: --session-timeout must be more than 0", err=True)
+        raise typer.Exit(2)
+
+    services = _services(data_dir, repositories, session_timeout, secure=not http)
+    assert isinstance(services, Services)
+    user_line = _ensure_initial_user(services, data_dir)
+
+    ssl: dict[str, str] = {}
+    if not http:
+        from openflr.tls import ensure_self_signed
+
+        if (tls_cert is None) != (tls_key is None):
+            typer.echo("openflr: give both --tls-cert and --tls-key, or neither", err=True)
+            raise typer.Exit(2)
+        cert, key = (tls_cert, tls_key) if tls_cert and tls_key else ensure_self_signed(data_dir,
+                                                                                       host)
+        ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    elif host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("serving plain HTTP on %s: logon passwords and files cross the network "
+                    "unencrypted; use TLS outside loopback", host)
+
+    port = port or (9399 if http else 9398)
+    scheme = "http" if http else "https"
+    shown_host = f"[{host}]" if ":" in host else host
+    typer.echo(f"openflr {__version__} serving {len(repositories)} repository folder(s): "
+               + ", ".join(str(r) for r in repositories))
+    typer.echo(f"  API:  {scheme}://{shown_host}:{port}/api/")
+    if user_line:
+        typer.echo(user_line)
+
+    services.start()
+    application = create_app(services)
+    try:
+        uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False,
+                    **ssl)  # type: ignore[arg-type]
+    finally:
+        services.stop()
+
+
+def _ensure_initial_user(services: object, data_dir: Path) -> str | None:
+    """On a server with no users, make one with a random password and say how to log on."""
+    from openflr.services import Services
+
+    assert isinstance(services, Services)
+    password_file = data_dir / _INITIAL_PASSWORD_FILE
+    if services.users.count() == 0:
+        password = secrets.token_urlsafe(12)
+        services.users.add(INITIAL_USER, password)
+        descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as fh:
+            fh.write(password + "\n")
+    if password_file.is_file():
+        password = password_file.read_text().strip()
+        return (f"  User: {INITIAL_USER}   Password: {password}\n"
+                f"  (change it with: openflr user add {INITIAL_USER} --data-dir {data_dir} "
+                "--password-stdin)")
+    return None
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("dissect", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Entry point of the ``openflr`` command."""
+    app()

@@ -1,0 +1,207 @@
+"""Mounts: opened restore points, each owned by the logon session that asked for it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from openflr.catalog import Catalog, RestorePoint
+from openflr.engine import EngineError, OpenedRestorePoint, open_restore_point
+from openflr.engine.errors import UnsupportedBackup
+from openflr.store import Database, MountRow
+from openflr.tasks import Task, TaskOutcome, TaskService
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Mount", "MountGone", "MountService"]
+
+
+class MountGone(Exception):
+    """A mount record whose restore point can no longer be opened (its backup file went away)."""
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A mount as the API shows it, with the opened restore point behind it."""
+
+    row_id: int
+    restore_point: RestorePoint
+    number: int
+    session_id: str
+    opened: OpenedRestorePoint
+
+
+class MountService:
+    """Mount restore points for logon sessions, find their mounts, and unmount them."""
+
+    def __init__(self, db: Database, catalog: Catalog, tasks: TaskService) -> None:
+        self.db = db
+        self.catalog = catalog
+        self.tasks = tasks
+        self._opened: dict[int, OpenedRestorePoint] = {}
+        self._lock = threading.Lock()
+
+    def start_mount(self, session_id: str, point: RestorePoint) -> Task:
+        """Start the task that mounts a restore point for a logon session."""
+
+        def work(task_number: int) -> TaskOutcome:
+            return self._mount(session_id, point, task_number)
+
+        return self.tasks.start(
+            session_id, "MountRestorePoint", work, restore_point_id=point.id
+        )
+
+    def list(self, session_id: str, point: RestorePoint) -> list[Mount]:
+        """Return the live mounts of a restore point that belong to a logon session."""
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(MountRow)
+                .where(
+                    MountRow.restore_point_id == point.id,
+                    MountRow.session_id == session_id,
+                    MountRow.released.is_(False),
+                )
+                .order_by(MountRow.number)
+            ).all()
+            found = [(r.id, r.number) for r in rows]
+        mounts = []
+        for row_id, number in found:
+            try:
+                mounts.append(self._mount_of(row_id, point, number, session_id))
+            except MountGone:
+                continue
+        return mounts
+
+    def get(self, session_id: str, point: RestorePoint, number: int) -> Mount | None:
+        """Return a mount of this logon session, reopening it after a restart if needed.
+
+        Raises:
+            MountGone: the mount exists but its backup can no longer be opened.
+        """
+        with self.db.session() as session:
+            row = session.scalars(
+                select(MountRow).where(
+                    MountRow.restore_point_id == point.id,
+                    MountRow.number == number,
+                    MountRow.released.is_(False),
+                )
+            ).first()
+            if row is None or row.session_id != session_id:
+                return None
+            row_id = row.id
+        return self._mount_of(row_id, point, number, session_id)
+
+    def unmount(self, session_id: str, point: RestorePoint, number: int) -> bool:
+        """Unmount; returns False if this session has no such mount."""
+        with self.db.session() as session:
+            row = session.scalars(
+                select(MountRow).where(
+                    MountRow.restore_point_id == point.id,
+                    MountRow.number == number,
+                    MountRow.released.is_(False),
+                )
+            ).first()
+            if row is None or row.session_id != session_id:
+                return False
+            row.released = True
+            row_id = row.id
+        self._close(row_id)
+        log.info("mount %s@%d released (session %s)", point.id, number, session_id)
+        return True
+
+    def release_session(self, session_id: str) -> None:
+        """Unmount everything a logon session owned."""
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(MountRow).where(
+                    MountRow.session_id == session_id, MountRow.released.is_(False)
+                )
+            ).all()
+            released = [(r.id, r.restore_point_id, r.number) for r in rows]
+            for row in rows:
+                row.released = True
+        for row_id, point_id, number in released:
+            self._close(row_id)
+            log.info("mount %s@%d released (session %s ended)", point_id, number, session_id)
+
+    def close_all(self) -> None:
+        """Close every opened restore point (server shutdown); the records stay."""
+        with self._lock:
+            opened = list(self._opened.values())
+            self._opened.clear()
+        for item in opened:
+            item.close()
+
+    def _mount(self, session_id: str, point: RestorePoint, task_number: int) -> TaskOutcome:
+        if point.unsupported:
+            return TaskOutcome(False, f"Cannot mount {point.name}: {point.unsupported}")
+        try:
+            opened = open_restore_point(point.source)
+        except UnsupportedBackup as exc:
+            return TaskOutcome(False, f"Cannot mount {point.name}: {exc}")
+        except EngineError as exc:
+            return TaskOutcome(False, f"Cannot mount {point.name}: {exc}")
+        except Exception as exc:
+            log.warning("mount of %s failed", point.id, exc_info=True)
+            return TaskOutcome(False, f"Cannot mount {point.name}: {type(exc).__name__}: {exc}")
+
+        if self.tasks.is_cancelled(task_number):
+            opened.close()
+            return TaskOutcome(False, "Cancelled")
+
+        number = self._record(session_id, point, opened)
+        if number is None:
+            opened.close()
+            return TaskOutcome(False, "The logon session ended before the mount finished")
+
+        message = "Ok"
+        if opened.skipped:
+            message = "Ok; volumes not mounted: " + "; ".join(opened.skipped)
+        log.info("mount %s@%d ready (session %s, task task-%d)",
+                 point.id, number, session_id, task_number)
+        return TaskOutcome(True, message, mount_number=number)
+
+    def _record(self, session_id: str, point: RestorePoint, opened: OpenedRestorePoint) -> int | None:
+        from openflr.store import LogonSessionRow
+
+        with self.db.session() as session:
+            if session.get(LogonSessionRow, session_id) is None:
+                return None
+            highest = session.scalar(
+                select(func.max(MountRow.number)).where(MountRow.restore_point_id == point.id)
+            )
+            row = MountRow(
+                restore_point_id=point.id, number=(highest or 0) + 1, session_id=session_id
+            )
+            session.add(row)
+            session.flush()
+            row_id, number = row.id, row.number
+        with self._lock:
+            self._opened[row_id] = opened
+        return number
+
+    def _mount_of(self, row_id: int, point: RestorePoint, number: int, session_id: str) -> Mount:
+        with self._lock:
+            opened = self._opened.get(row_id)
+        if opened is None:
+            try:
+                opened = open_restore_point(point.source)
+            except Exception as exc:
+                raise MountGone(f"Cannot reopen {point.name}: {exc}") from exc
+            with self._lock:
+                current = self._opened.setdefault(row_id, opened)
+            if current is not opened:
+                opened.close()
+                opened = current
+            log.info("mount %s@%d reopened", point.id, number)
+        return Mount(row_id=row_id, restore_point=point, number=number,
+                     session_id=session_id, opened=opened)
+
+    def _close(self, row_id: int) -> None:
+        with self._lock:
+            opened = self._opened.pop(row_id, None)
+        if opened is not None:
+            opened.close()

@@ -1,0 +1,85 @@
+"""The services behind the API, wired together once per server."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from openflr.catalog import Catalog
+from openflr.mounts import MountService
+from openflr.sessions import SessionService, UserService
+from openflr.store import Database
+from openflr.tasks import TaskService
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Services", "Settings"]
+
+
+@dataclass
+class Settings:
+    """What a server is started with."""
+
+    data_dir: Path
+    repositories: list[Path]
+    session_timeout: float = 900.0
+    catalog_max_age: float = 60.0
+    task_workers: int = 4
+    secure_cookies: bool = True
+
+
+@dataclass
+class Services:
+    """Every service of one server, built from its settings."""
+
+    settings: Settings
+    db: Database
+    users: UserService
+    catalog: Catalog
+    tasks: TaskService
+    mounts: MountService
+    sessions: SessionService
+    _reaper: threading.Thread | None = field(default=None, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        """Open the database in the data folder and wire the services."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.data_dir / "openflr.db")
+        catalog = Catalog(settings.repositories, max_age=settings.catalog_max_age)
+        tasks = TaskService(db, workers=settings.task_workers)
+        mounts = MountService(db, catalog, tasks)
+
+        def session_ended(session_id: str) -> None:
+            mounts.release_session(session_id)
+            tasks.drop_session(session_id)
+
+        sessions = SessionService(db, settings.session_timeout, on_end=session_ended)
+        return cls(settings, db, UserService(db), catalog, tasks, mounts, sessions)
+
+    def start(self) -> None:
+        """Recover from the last run and start expiring idle sessions."""
+        self.tasks.recover()
+        self.sessions.expire_idle()
+        self.catalog.rescan()
+        interval = max(1.0, min(30.0, self.settings.session_timeout / 4))
+
+        def reap() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.sessions.expire_idle()
+                except Exception:  # the reaper must outlive a passing database error
+                    log.exception("expiring idle logon sessions failed")
+
+        self._reaper = threading.Thread(target=reap, name="openflr-reaper", daemon=True)
+        self._reaper.start()
+
+    def stop(self) -> None:
+        """Stop background work and close every opened restore point."""
+        self._stop.set()
+        self.tasks.shutdown()
+        self.mounts.close_all()
+        self.db.close()

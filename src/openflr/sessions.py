@@ -1,0 +1,202 @@
+"""Users and logon sessions: password checks, session tokens and idle expiry."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+
+from openflr.store import Database, LogonSessionRow, UserRow, as_utc, utcnow
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LogonSession", "SessionService", "UserService", "normalise_user_name"]
+
+_hasher = PasswordHasher()
+
+# A hash to verify against when the user does not exist, so that an unknown name costs as much
+# time as a wrong password and the answer time tells nothing about which names exist.
+_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+_USER_NAME = re.compile(r"^[^\x00-\x1f\\/@:]{1,256}$")
+
+
+def normalise_user_name(name: str) -> str:
+    """Return the account name inside the forms Windows clients send.
+
+    ``user``, ``.\\user``, ``HOST\\user`` and ``user@HOST`` all name the local account ``user``.
+    """
+    name = name.strip()
+    if "\\" in name:
+        name = name.rsplit("\\", 1)[1]
+    elif "@" in name:
+        name = name.split("@", 1)[0]
+    return name
+
+
+@dataclass(frozen=True)
+class LogonSession:
+    """A logged-on client: ``id`` is the public SessionId, never the token."""
+
+    id: str
+    user_name: str
+    created: datetime
+    last_seen: datetime
+
+
+class UserService:
+    """Create users and check their passwords."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add(self, name: str, password: str, role: str = "PortalAdministrator") -> bool:
+        """Create the user, or set a new password for an existing one.
+
+        Returns:
+            True when the user was created, False when it existed and was updated.
+
+        Raises:
+            ValueError: the name or the password is not acceptable.
+        """
+        if not _USER_NAME.match(name):
+            raise ValueError(f"invalid user name {name!r}: use letters, digits, '.', '-' or '_'")
+        if not password:
+            raise ValueError("the password is empty")
+
+        password_hash = _hasher.hash(password)
+        with self.db.session() as session:
+            user = session.get(UserRow, name)
+            if user is None:
+                session.add(UserRow(name=name, password_hash=password_hash, role=role))
+                return True
+            user.password_hash = password_hash
+            user.role = role
+            return False
+
+    def count(self) -> int:
+        """Return how many users exist."""
+        with self.db.session() as session:
+            return len(session.scalars(select(UserRow.name)).all())
+
+    def verify(self, name: str, password: str) -> str | None:
+        """Return the account name when the password is right, else None."""
+        account = normalise_user_name(name)
+        with self.db.session() as session:
+            user = session.get(UserRow, account)
+            stored = user.password_hash if user is not None else _DUMMY_HASH
+        try:
+            _hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        return account if user is not None else None
+
+
+class SessionService:
+    """Issue, look up and end logon sessions.
+
+    Tokens are 256 random bits; only their SHA-256 is stored, so a copy of the database lets
+    nobody in.
+
+    Args:
+        db: The database.
+        timeout: Idle seconds after which a session ends.
+        on_end: Called with the session id whenever a session ends (logoff or expiry), to release
+            what the session owned.
+    """
+
+    def __init__(self, db: Database, timeout: float, on_end: Callable[[str], None]) -> None:
+        self.db = db
+        self.timeout = timedelta(seconds=timeout)
+        self.on_end = on_end
+
+    def create(self, user_name: str) -> tuple[LogonSession, str]:
+        """Start a logon session for an authenticated user.
+
+        Returns:
+            The session and its token.
+        """
+        token = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+        row = LogonSessionRow(
+            id=str(uuid.uuid4()),
+            token_hash=_token_hash(token),
+            user_name=user_name,
+            created=utcnow(),
+            last_seen=utcnow(),
+        )
+        with self.db.session() as session:
+            session.add(row)
+        log.info("logon session %s started for user %s", row.id, user_name)
+        return _to_session(row), token
+
+    def authenticate(self, token: str) -> LogonSession | None:
+        """Return the live session of a token and mark it used, or None."""
+        wanted = _token_hash(token)
+        now = utcnow()
+        with self.db.session() as session:
+            row = session.scalars(
+                select(LogonSessionRow).where(LogonSessionRow.token_hash == wanted)
+            ).first()
+            if row is None or not hmac.compare_digest(row.token_hash, wanted):
+                return None
+            if now - as_utc(row.last_seen) > self.timeout:
+                expired_id = row.id
+            else:
+                row.last_seen = now
+                return _to_session(row)
+        self.end(expired_id, reason="idle timeout")
+        return None
+
+    def get(self, session_id: str) -> LogonSession | None:
+        """Return a session by its public id."""
+        with self.db.session() as session:
+            row = session.get(LogonSessionRow, session_id)
+            return _to_session(row) if row is not None else None
+
+    def end(self, session_id: str, reason: str) -> bool:
+        """End a session and release what it owned. Returns False if it did not exist."""
+        with self.db.session() as session:
+            row = session.get(LogonSessionRow, session_id)
+            if row is None:
+                return False
+            session.delete(row)
+        log.info("logon session %s ended (%s)", session_id, reason)
+        self.on_end(session_id)
+        return True
+
+    def expire_idle(self) -> int:
+        """End every session idle for longer than the timeout. Returns how many ended."""
+        limit = utcnow() - self.timeout
+        with self.db.session() as session:
+            ids = [
+                row.id
+                for row in session.scalars(select(LogonSessionRow)).all()
+                if as_utc(row.last_seen) < limit
+            ]
+        for session_id in ids:
+            self.end(session_id, reason="idle timeout")
+        return len(ids)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _to_session(row: LogonSessionRow) -> LogonSession:
+    return LogonSession(
+        id=row.id,
+        user_name=row.user_name,
+        created=as_utc(row.created),
+        last_seen=as_utc(row.last_seen),
+    )

@@ -1,0 +1,198 @@
+"""Tasks: the background work a client starts with a 202 and then polls (``task-N``)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+
+from openflr.store import Database, TaskRow, utcnow
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Task", "TaskOutcome", "TaskService", "parse_task_id"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task as clients see it."""
+
+    id: int
+    session_id: str
+    operation: str
+    state: str
+    success: bool | None
+    message: str | None
+    restore_point_id: str | None
+    mount_number: int | None
+    guest_path: str | None
+
+    @property
+    def task_id(self) -> str:
+        """The API form of the id: ``task-N``."""
+        return f"task-{self.id}"
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What a task's work returns when it ends."""
+
+    success: bool
+    message: str
+    mount_number: int | None = None
+
+
+def parse_task_id(text: str) -> int | None:
+    """Return the number of a task id as clients send it (``task-7`` or ``7``), or None."""
+    text = text.strip().lower()
+    if text.startswith("task-"):
+        text = text[5:]
+    return int(text) if text.isdigit() and len(text) < 18 else None
+
+
+class TaskService:
+    """Create, run, poll and remove tasks; they belong to one logon session each.
+
+    Args:
+        db: The database.
+        workers: How many tasks run at once.
+    """
+
+    def __init__(self, db: Database, workers: int = 4) -> None:
+        self.db = db
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openflr-task")
+        self._cancelled: set[int] = set()
+        self._lock = threading.Lock()
+
+    def recover(self) -> None:
+        """Fail the tasks a previous run left running: their work died with that process."""
+        with self.db.session() as session:
+            for row in session.scalars(select(TaskRow).where(TaskRow.state != "Finished")).all():
+                row.state = "Finished"
+                row.success = False
+                row.message = "The server restarted before this task finished; start it again."
+                row.updated = utcnow()
+                log.info("task task-%d Finished (interrupted by restart)", row.id)
+
+    def start(
+        self,
+        session_id: str,
+        operation: str,
+        work: Callable[[int], TaskOutcome],
+        *,
+        restore_point_id: str | None = None,
+        mount_number: int | None = None,
+        guest_path: str | None = None,
+    ) -> Task:
+        """Record a Running task and run ``work(task_number)`` in the background."""
+        row = TaskRow(
+            session_id=session_id,
+            operation=operation,
+            state="Running",
+            restore_point_id=restore_point_id,
+            mount_number=mount_number,
+            guest_path=guest_path,
+        )
+        with self.db.session() as session:
+            session.add(row)
+            session.flush()
+            task = _to_task(row)
+        log.info(
+            "task %s %s Running (session %s, restore point %s, mount %s)",
+            task.task_id, operation, session_id, restore_point_id, mount_number,
+        )
+        self._pool.submit(self._run, task.id, work)
+        return task
+
+    def get(self, session_id: str, number: int) -> Task | None:
+        """Return a task of this logon session, or None."""
+        with self.db.session() as session:
+            row = session.get(TaskRow, number)
+            if row is None or row.session_id != session_id:
+                return None
+            return _to_task(row)
+
+    def list(self, session_id: str) -> list[Task]:
+        """Return the tasks of a logon session, oldest first."""
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(TaskRow).where(TaskRow.session_id == session_id).order_by(TaskRow.id)
+            ).all()
+            return [_to_task(r) for r in rows]
+
+    def delete(self, session_id: str, number: int) -> bool:
+        """Remove a task; a running one is cancelled. Returns False if it was not found."""
+        with self.db.session() as session:
+            row = session.get(TaskRow, number)
+            if row is None or row.session_id != session_id:
+                return False
+            running = row.state != "Finished"
+            session.delete(row)
+        if running:
+            with self._lock:
+                self._cancelled.add(number)
+        log.info("task task-%d removed%s", number, " (cancelled)" if running else "")
+        return True
+
+    def is_cancelled(self, number: int) -> bool:
+        """Whether the task was removed while its work ran."""
+        with self._lock:
+            return number in self._cancelled
+
+    def drop_session(self, session_id: str) -> None:
+        """Remove every task of a logon session that ended."""
+        with self.db.session() as session:
+            numbers = session.scalars(
+                select(TaskRow.id).where(
+                    TaskRow.session_id == session_id, TaskRow.state != "Finished"
+                )
+            ).all()
+            session.execute(delete(TaskRow).where(TaskRow.session_id == session_id))
+        with self._lock:
+            self._cancelled.update(numbers)
+
+    def shutdown(self) -> None:
+        """Stop taking work; running tasks are abandoned."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self, number: int, work: Callable[[int], TaskOutcome]) -> None:
+        try:
+            outcome = work(number)
+        except Exception as exc:  # a task reports its failure; it never kills the worker
+            log.exception("task task-%d failed unexpectedly", number)
+            outcome = TaskOutcome(False, f"Internal error: {type(exc).__name__}: {exc}")
+        self._finish(number, outcome)
+
+    def _finish(self, number: int, outcome: TaskOutcome) -> None:
+        with self.db.session() as session:
+            row = session.get(TaskRow, number)
+            if row is None:
+                return
+            row.state = "Finished"
+            row.success = outcome.success
+            row.message = outcome.message
+            if outcome.mount_number is not None:
+                row.mount_number = outcome.mount_number
+            row.updated = utcnow()
+        log.info(
+            "task task-%d Finished success=%s mount %s: %s",
+            number, outcome.success, outcome.mount_number, outcome.message,
+        )
+
+
+def _to_task(row: TaskRow) -> Task:
+    return Task(
+        id=row.id,
+        session_id=row.session_id,
+        operation=row.operation,
+        state=row.state,
+        success=row.success,
+        message=row.message,
+        restore_point_id=row.restore_point_id,
+        mount_number=row.mount_number,
+        guest_path=row.guest_path,
+    )
