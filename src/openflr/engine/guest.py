@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
 
 from openflr.engine.backup import Disk
+from openflr.engine.fat import GuestFatFilesystem
 from openflr.engine.errors import (
     GuestFileUnreadable,
     GuestPathInvalid,
@@ -105,6 +106,8 @@ def find_volumes(disks: list[Disk]) -> tuple[list[Volume], list[str]]:
         for name, stream, part in candidates:
             try:
                 fs = filesystem.open(stream)
+                if getattr(fs, "__type__", None) == "fat":
+                    fs = GuestFatFilesystem(stream)
             except Exception as exc:
                 reason = _why_unopenable(stream, exc)
                 if reason is not None:
