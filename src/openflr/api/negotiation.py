@@ -20,12 +20,17 @@ def wants_json(request: Request, body: str | None = None) -> bool:
 
     JSON whenever ``application/json`` is listed in ``Accept`` at all, whatever its quality (the
     real server ignores preference order too); XML for every other ``Accept``. With no ``Accept``,
-    the request body's own format wins, so a JSON body gets a JSON answer.
+    or only wildcards (HTTP libraries send ``*/*`` by themselves), the request body's own format
+    wins, so a script that posts JSON reads JSON back.
     """
-    accept = request.headers.get("accept")
-    if accept is None or not accept.strip():
+    types = [part.split(";")[0].strip().lower() for part in
+             request.headers.get("accept", "").split(",")]
+    types = [t for t in types if t]
+    if any("json" in t for t in types):
+        return True
+    if all(t in ("*/*", "application/*") for t in types):
         return body == "json"
-    return any("json" in part.split(";")[0].lower() for part in accept.split(","))
+    return False
 
 
 def body_kind(raw: bytes) -> str | None:
