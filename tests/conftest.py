@@ -47,8 +47,14 @@ def free_port() -> int:
 
 def openflr(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the ``openflr`` command the way a user does."""
-    return subprocess.run([sys.executable, "-m", "openflr", *args], input=stdin, text=True,
-                          capture_output=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "openflr", *args],
+        input=stdin,
+        text=True,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
 
 
 class Server:
@@ -65,11 +71,28 @@ class Server:
 
     def start(self) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        added = openflr("user", "add", USER, "--data-dir", str(self.data_dir), "--password-stdin",
-                        stdin=PASSWORD + "\n")
+        added = openflr(
+            "user",
+            "add",
+            USER,
+            "--data-dir",
+            str(self.data_dir),
+            "--password-stdin",
+            stdin=PASSWORD + "\n",
+        )
         assert added.returncode == 0, added.stderr
-        command = [sys.executable, "-m", "openflr", "serve", "--http", "--data-dir",
-                   str(self.data_dir), "--port", str(self.port), *self.extra]
+        command = [
+            sys.executable,
+            "-m",
+            "openflr",
+            "serve",
+            "--http",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            *self.extra,
+        ]
         for repository in self.repositories:
             command += ["--repository", str(repository)]
         log = self.log_path.open("ab")
@@ -102,7 +125,10 @@ def source_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The files that go into every image: 2,500 small files, a 48 MiB file, awkward names."""
     missing = images.missing_tools()
     if missing:
-        pytest.skip(f"image tools missing: {', '.join(missing)} (see .ci/run)")
+        message = f"image tools missing: {', '.join(missing)} (scripts/setup installs them)"
+        if os.environ.get("OPENFLR_REQUIRE_IMAGE_TOOLS"):
+            pytest.fail(message)
+        pytest.skip(message)
     root = tmp_path_factory.mktemp("source") / "tree"
     images.make_source_tree(root)
     return root
@@ -141,8 +167,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, repository: Path) -> Iterat
 
 
 @pytest.fixture(scope="session")
-def sample_server(tmp_path_factory: pytest.TempPathFactory,
-                  sample_repository: Path) -> Iterator[Server]:
+def sample_server(
+    tmp_path_factory: pytest.TempPathFactory, sample_repository: Path
+) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("sample-data"), [sample_repository]).start()
     yield srv
     srv.stop()

@@ -17,8 +17,13 @@ import httpx
 from lxml import etree
 
 NS = "{http://www.veeam.com/ent/v1.0}"
-_COLLECTIONS = {"EntityReferences", "AgentRestorePoints", "Tasks", "AgentRestorePointMounts",
-                "LogonSessions"}
+_COLLECTIONS = {
+    "EntityReferences",
+    "AgentRestorePoints",
+    "Tasks",
+    "AgentRestorePointMounts",
+    "LogonSessions",
+}
 _LISTS = {"Files", "Directories", "FSRoots", "SupportedVersions"}
 
 
@@ -26,8 +31,10 @@ class ApiFailure(AssertionError):
     """An answer other than the one the flow expects."""
 
     def __init__(self, response: httpx.Response) -> None:
-        super().__init__(f"{response.request.method} {response.request.url} -> "
-                         f"{response.status_code}: {response.text[:500]}")
+        super().__init__(
+            f"{response.request.method} {response.request.url} -> "
+            f"{response.status_code}: {response.text[:500]}"
+        )
         self.response = response
 
 
@@ -144,8 +151,9 @@ class EmClient:
         return task
 
     def mount(self, point: dict[str, Any]) -> dict[str, Any]:
-        task = self.parse(self.request("POST", link(point, "Create", "AgentRestorePointMount"),
-                                       202))
+        task = self.parse(
+            self.request("POST", link(point, "Create", "AgentRestorePointMount"), 202)
+        )
         assert task["Operation"] == "MountRestorePoint"
         task = self.wait(task)
         result = task["Result"]
@@ -154,8 +162,11 @@ class EmClient:
 
     def list_all(self, directory: dict[str, Any]) -> list[dict[str, Any]]:
         """Every entry of a folder, following the Next links page by page."""
-        url = next(link_["Href"] for link_ in directory["Links"]
-                   if link_["Rel"] == "Down" and "action=listAll" in link_["Href"])
+        url = next(
+            link_["Href"]
+            for link_ in directory["Links"]
+            if link_["Rel"] == "Down" and "action=listAll" in link_["Href"]
+        )
         return self.list_pages(url)
 
     def list_pages(self, url: str) -> list[dict[str, Any]]:
@@ -175,11 +186,20 @@ class EmClient:
             body = b'{"ForDirectDownload": {}}'
             content_type = "application/json"
         else:
-            body = (b'<FileRestoreSpec xmlns="http://www.veeam.com/ent/v1.0">'
-                    b"<ForDirectDownload/></FileRestoreSpec>")
+            body = (
+                b'<FileRestoreSpec xmlns="http://www.veeam.com/ent/v1.0">'
+                b"<ForDirectDownload/></FileRestoreSpec>"
+            )
             content_type = "application/xml"
-        task = self.parse(self.request("POST", link(entry, "Restore"), 202, content=body,
-                                       headers={"Content-Type": content_type}))
+        task = self.parse(
+            self.request(
+                "POST",
+                link(entry, "Restore"),
+                202,
+                content=body,
+                headers={"Content-Type": content_type},
+            )
+        )
         assert task["Operation"] == "FileRestoreFromMountPoint"
         task = self.wait(task)
         assert str(task["Result"]["Success"]).lower() == "true", task

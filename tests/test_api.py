@@ -14,12 +14,14 @@ from tests.conftest import PASSWORD, USER, Server, sha256_file
 from tests.emclient import NS, EmClient, link
 from tests.fixtures import images
 
-RESTORE_XML = (b'<FileRestoreSpec xmlns="http://www.veeam.com/ent/v1.0">'
-               b"<ForDirectDownload/></FileRestoreSpec>")
+RESTORE_XML = (
+    b'<FileRestoreSpec xmlns="http://www.veeam.com/ent/v1.0"><ForDirectDownload/></FileRestoreSpec>'
+)
 
 
-def logon(server: Server, user: str = USER, password: str = PASSWORD,
-          url: str | None = None) -> httpx.Response:
+def logon(
+    server: Server, user: str = USER, password: str = PASSWORD, url: str | None = None
+) -> httpx.Response:
     return httpx.post(url or f"{server.base}sessionMngr/?v=latest", auth=(user, password))
 
 
@@ -69,8 +71,9 @@ def test_logon_accepts_every_local_account_form(server: Server, form: str) -> No
 
 
 @pytest.mark.parametrize(("user", "password"), [("nobody", PASSWORD), (USER, "wrong")])
-def test_bad_credentials_get_401_with_basic_challenge(server: Server, user: str,
-                                                      password: str) -> None:
+def test_bad_credentials_get_401_with_basic_challenge(
+    server: Server, user: str, password: str
+) -> None:
     response = logon(server, user, password)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Basic Realm=RestSvc"
@@ -104,8 +107,7 @@ def test_logon_refuses_a_version_that_is_no_version(server: Server) -> None:
 
 def test_session_cookie_alone_is_enough(server: Server) -> None:
     token = logon(server).headers["X-RestSvcSessionId"]
-    response = httpx.get(f"{server.base}agents",
-                         headers={"Cookie": f"X-RestSvcSessionId={token}"})
+    response = httpx.get(f"{server.base}agents", headers={"Cookie": f"X-RestSvcSessionId={token}"})
     assert response.status_code == 200
 
 
@@ -130,8 +132,9 @@ def test_missing_and_bogus_tokens_get_401(server: Server) -> None:
         ("application/xml;q=0.9, application/json;q=0.1", True),
     ],
 )
-def test_accept_header_picks_the_format(client: EmClient, accept: str | None,
-                                        json_expected: bool) -> None:
+def test_accept_header_picks_the_format(
+    client: EmClient, accept: str | None, json_expected: bool
+) -> None:
     headers = {"X-RestSvcSessionId": client.token or ""}
     if accept is not None:
         headers["Accept"] = accept
@@ -158,8 +161,9 @@ def test_accept_header_picks_the_format(client: EmClient, accept: str | None,
     ],
     ids=["plain", "declaration", "prefix", "whitespace", "json", "json-wrapped"],
 )
-@pytest.mark.parametrize("content_type", [None, "application/xml", "text/xml; charset=utf-8",
-                                          "application/json"])
+@pytest.mark.parametrize(
+    "content_type", [None, "application/xml", "text/xml; charset=utf-8", "application/json"]
+)
 def test_restore_body_is_read_whatever_its_declared_type(
     client: EmClient, mounted: dict[str, object], body: bytes, content_type: str | None
 ) -> None:
@@ -173,20 +177,24 @@ def test_restore_body_is_read_whatever_its_declared_type(
     assert task.findtext(f"{NS}Operation") == "FileRestoreFromMountPoint"
 
 
-def test_json_body_without_accept_gets_a_json_answer(client: EmClient,
-                                                     mounted: dict[str, object]) -> None:
-    response = httpx.post(f"{mounted['Href']}/C:/hello.txt?action=restore",
-                          content=b'{"ForDirectDownload": {}}',
-                          headers={"X-RestSvcSessionId": client.token or ""})
+def test_json_body_without_accept_gets_a_json_answer(
+    client: EmClient, mounted: dict[str, object]
+) -> None:
+    response = httpx.post(
+        f"{mounted['Href']}/C:/hello.txt?action=restore",
+        content=b'{"ForDirectDownload": {}}',
+        headers={"X-RestSvcSessionId": client.token or ""},
+    )
     assert response.status_code == 202
     assert response.json()["Operation"] == "FileRestoreFromMountPoint"
 
 
 def test_bodyless_mount_post_with_zero_length_is_accepted(client: EmClient) -> None:
     point = client.restore_point("volbox@")
-    response = httpx.post(link(point, "Create", "AgentRestorePointMount"),
-                          headers={"X-RestSvcSessionId": client.token or "",
-                                   "Content-Length": "0"})
+    response = httpx.post(
+        link(point, "Create", "AgentRestorePointMount"),
+        headers={"X-RestSvcSessionId": client.token or "", "Content-Length": "0"},
+    )
     assert response.status_code == 202
     assert etree.fromstring(response.content).findtext(f"{NS}State") == "Running"
 
@@ -194,10 +202,15 @@ def test_bodyless_mount_post_with_zero_length_is_accepted(client: EmClient) -> N
 def test_restore_to_original_location_is_refused_with_the_reason(
     client: EmClient, mounted: dict[str, object]
 ) -> None:
-    body = (b'<FileRestoreSpec xmlns="http://www.veeam.com/ent/v1.0">'
-            b'<ToOriginalLocation Overwrite="false"/></FileRestoreSpec>')
-    response = client.http.post(f"{mounted['Href']}/C:/hello.txt?action=restore", content=body,
-                                headers={"X-RestSvcSessionId": client.token or ""})
+    body = (
+        b'<FileRestoreSpec xmlns="http://www.veeam.com/ent/v1.0">'
+        b'<ToOriginalLocation Overwrite="false"/></FileRestoreSpec>'
+    )
+    response = client.http.post(
+        f"{mounted['Href']}/C:/hello.txt?action=restore",
+        content=body,
+        headers={"X-RestSvcSessionId": client.token or ""},
+    )
     assert response.status_code == 400
     assert error_of(response)["Message"].startswith(
         "Restore to the original location is not supported: openflr cannot reach the "
@@ -208,8 +221,10 @@ def test_restore_to_original_location_is_refused_with_the_reason(
 def test_malformed_restore_bodies_get_400(client: EmClient, mounted: dict[str, object]) -> None:
     url = f"{mounted['Href']}/C:/hello.txt?action=restore"
     headers = {"X-RestSvcSessionId": client.token or ""}
-    bomb = (b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY a "aaaa">]>'
-            b"<FileRestoreSpec>&a;</FileRestoreSpec>")
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY a "aaaa">]>'
+        b"<FileRestoreSpec>&a;</FileRestoreSpec>"
+    )
     for body in (b"<FileRestoreSpec>", b'{"ForDirectDownload": ', bomb, b"hello"):
         response = httpx.post(url, content=body, headers=headers)
         assert response.status_code == 400, body
@@ -218,8 +233,10 @@ def test_malformed_restore_bodies_get_400(client: EmClient, mounted: dict[str, o
 
 def test_errors_have_the_error_shape_in_json_too(client: EmClient) -> None:
     headers = {"X-RestSvcSessionId": client.token or "", "Accept": "application/json"}
-    response = httpx.get(f"{client.base}agents/agentRestorePoints/"
-                         "00000000-0000-0000-0000-000000000000", headers=headers)
+    response = httpx.get(
+        f"{client.base}agents/agentRestorePoints/00000000-0000-0000-0000-000000000000",
+        headers=headers,
+    )
     assert response.status_code == 404
     assert response.json() == {
         "FirstChanceExceptionMessage": None,
@@ -266,13 +283,15 @@ def test_page_size_above_the_maximum_is_clamped_and_shown(
 
 def test_bad_page_numbers_get_400(client: EmClient, mounted: dict[str, object]) -> None:
     for query in ("pageSize=0", "page=-1", "pageSize=ten"):
-        response = client.http.get(f"{mounted['Href']}/C:/many?action=listAll&{query}",
-                                   headers=client._headers())
+        response = client.http.get(
+            f"{mounted['Href']}/C:/many?action=listAll&{query}", headers=client._headers()
+        )
         assert response.status_code == 400, query
 
 
-def test_range_requests_return_exact_slices(client: EmClient, mounted: dict[str, object],
-                                            source_tree: Path) -> None:
+def test_range_requests_return_exact_slices(
+    client: EmClient, mounted: dict[str, object], source_tree: Path
+) -> None:
     url = f"{mounted['Href']}/C:/big/big.bin?action=download"
     data = (source_tree / images.BIG_NAME).read_bytes()
     headers = client._headers()
@@ -317,8 +336,9 @@ def test_mounts_and_tasks_are_invisible_to_other_sessions(
 
 def test_task_delete_removes_it(client: EmClient) -> None:
     point = client.restore_point("volbox@")
-    task = client.wait(client.parse(client.request(
-        "POST", link(point, "Create", "AgentRestorePointMount"), 202)))
+    task = client.wait(
+        client.parse(client.request("POST", link(point, "Create", "AgentRestorePointMount"), 202))
+    )
     client.request("DELETE", task["Href"], 204)
     assert client.http.get(task["Href"], headers=client._headers()).status_code == 404
 
@@ -358,8 +378,9 @@ def test_idle_session_expires_and_releases_its_mount(tmp_path: Path, repository:
         server.stop()
 
 
-def test_restart_keeps_users_sessions_tasks_and_mounts(tmp_path: Path, repository: Path,
-                                                      source_tree: Path) -> None:
+def test_restart_keeps_users_sessions_tasks_and_mounts(
+    tmp_path: Path, repository: Path, source_tree: Path
+) -> None:
     server = Server(tmp_path / "data", [repository]).start()
     try:
         client = EmClient(server.base, as_json=True)
@@ -373,8 +394,9 @@ def test_restart_keeps_users_sessions_tasks_and_mounts(tmp_path: Path, repositor
         assert client.get(f"{client.base}tasks") == tasks_before
         again = client.get(str(mount["Href"]))
         assert [r["Path"] for r in again["FSRoots"]] == ["C:", "D:"]
-        data = client.http.get(f"{mount['Href']}/C:/hello.txt?action=download",
-                               headers=client._headers()).content
+        data = client.http.get(
+            f"{mount['Href']}/C:/hello.txt?action=download", headers=client._headers()
+        ).content
         assert data == (source_tree / images.HELLO_NAME).read_bytes()
         assert "mount" in server.log() and "reopened" in server.log()
     finally:
@@ -399,11 +421,15 @@ def test_openapi_description_is_published(server: Server) -> None:
     assert "/api/agents/agentRestorePoints/{point_id}/mounts" in paths
 
 
-def test_mount_download_of_sha_matches_source(client: EmClient, mounted: dict[str, object],
-                                              source_tree: Path) -> None:
-    response = client.http.get(f"{mounted['Href']}/c:/BIG/BIG.BIN?action=download",
-                               headers=client._headers())
+def test_mount_download_of_sha_matches_source(
+    client: EmClient, mounted: dict[str, object], source_tree: Path
+) -> None:
+    response = client.http.get(
+        f"{mounted['Href']}/c:/BIG/BIG.BIN?action=download", headers=client._headers()
+    )
     assert response.status_code == 200  # NTFS names are case-insensitive, as in the guest
     assert len(response.content) == (source_tree / images.BIG_NAME).stat().st_size
-    assert sha256_file(source_tree / images.BIG_NAME) == __import__("hashlib").sha256(
-        response.content).hexdigest()
+    assert (
+        sha256_file(source_tree / images.BIG_NAME)
+        == __import__("hashlib").sha256(response.content).hexdigest()
+    )

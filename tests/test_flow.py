@@ -55,7 +55,7 @@ def walk_to(client: EmClient, mount: dict[str, Any], guest_path: str) -> dict[st
         root = next(r for r in roots if r["Path"] == "/")
         rest = guest_path.lstrip("/")
     else:
-        rest = guest_path[len(root["Path"]):].lstrip("/")
+        rest = guest_path[len(root["Path"]) :].lstrip("/")
 
     entries = client.list_pages(root["Href"])
     current: dict[str, Any] = root

@@ -1,4 +1,4 @@
-"""The real Veeam agent backups from ../shared/samples: names, times and bytes as their README says."""
+"""The real Veeam agent backups from ../shared/samples: names, times and bytes as documented."""
 
 from __future__ import annotations
 
@@ -74,8 +74,9 @@ def test_incremental_without_its_chain_fails_to_mount_with_the_reason(
     client = EmClient(sample_server.base, as_json=as_json)
     client.logon(USER, PASSWORD)
     point = client.restore_point("z-lair@")
-    task = client.parse(client.request("POST", link(point, "Create", "AgentRestorePointMount"),
-                                       202))
+    task = client.parse(
+        client.request("POST", link(point, "Create", "AgentRestorePointMount"), 202)
+    )
     task = client.wait(task)
     assert task["State"] == "Finished"
     assert str(task["Result"]["Success"]).lower() == "false"

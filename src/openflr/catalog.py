@@ -118,8 +118,11 @@ class Catalog:
         with self._lock:
             self._points = points
             self._scanned_at = time.monotonic()
-        log.info("catalog scanned: %d restore points in %d repositories",
-                 len(points), len(self.repositories))
+        log.info(
+            "catalog scanned: %d restore points in %d repositories",
+            len(points),
+            len(self.repositories),
+        )
 
     def _refresh(self) -> None:
         if time.monotonic() - self._scanned_at > self.max_age or not self._scanned_at:
@@ -182,13 +185,15 @@ def _image_point(repository: Path, folder: Path) -> RestorePoint | None:
     match = _POINT_FOLDER.match(folder.name)
     assert match is not None
     try:
-        created = datetime(*(int(g) for g in match.groups()), tzinfo=UTC)  # type: ignore[misc]
+        year, month, day, hour, minute, second = (int(g) for g in match.groups())
+        created = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError:
         log.warning("%s: folder name is no valid time; skipped", folder)
         return None
 
     images = sorted(
-        p for p in folder.iterdir()
+        p
+        for p in folder.iterdir()
         if p.is_file() and p.suffix.lower() in DISK_IMAGE_SUFFIXES and not _VMDK_PART.search(p.name)
     )
     images = _drop_backing_files(images)

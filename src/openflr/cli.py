@@ -7,7 +7,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,8 +15,11 @@ from openflr import __version__
 
 log = logging.getLogger(__name__)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="openflr: file-level restore from machine backups.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="openflr: file-level restore from machine backups.",
+)
 user_app = typer.Typer(no_args_is_help=True, help="Manage the users who may log on.")
 app.add_typer(user_app, name="user")
 
@@ -24,32 +27,46 @@ SAMPLE_REPOSITORY = Path(__file__).parent / "sample_repository"
 INITIAL_USER = "restore"
 _INITIAL_PASSWORD_FILE = "initial-password"
 
-DataDir = Annotated[
-    Path,
-    typer.Option("--data-dir", envvar="OPENFLR_DATA_DIR",
-                 help="Folder for the database, certificate and logs."),
-]
-
 
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "openflr"
 
 
-def _services(data_dir: Path, repositories: list[Path], timeout: float = 900.0,
-              secure: bool = True) -> object:
+DEFAULT_DATA_DIR = _default_data_dir()
+
+DataDir = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir",
+        envvar="OPENFLR_DATA_DIR",
+        help="Folder for the database, certificate and logs.",
+    ),
+]
+
+
+def _services(
+    data_dir: Path, repositories: list[Path], timeout: float = 900.0, secure: bool = True
+) -> object:
     from openflr.services import Services, Settings
 
-    return Services.build(Settings(data_dir=data_dir, repositories=repositories,
-                                   session_timeout=timeout, secure_cookies=secure))
+    return Services.build(
+        Settings(
+            data_dir=data_dir,
+            repositories=repositories,
+            session_timeout=timeout,
+            secure_cookies=secure,
+        )
+    )
 
 
 @user_app.command("add")
 def user_add(
     name: Annotated[str, typer.Argument(help="The account name (log on as NAME, .\\NAME, ...).")],
-    data_dir: DataDir = _default_data_dir(),
-    password_stdin: Annotated[bool, typer.Option("--password-stdin",
-                                                 help="Read the password from standard input.")] = False,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
 ) -> None:
     """Create a user, or set a new password for an existing one."""
     from openflr.services import Services
@@ -76,18 +93,25 @@ def user_add(
 
 @app.command()
 def serve(
-    data_dir: DataDir = _default_data_dir(),
-    repository: Annotated[Optional[list[Path]], typer.Option(  # noqa: UP007 (typer needs it)
-        "--repository", help="A folder of backups; repeat for several. "
-                             "Default: the sample repository shipped with openflr.")] = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    repository: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--repository",
+            help="A folder of backups; repeat for several. "
+            "Default: the sample repository shipped with openflr.",
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[Optional[int], typer.Option(  # noqa: UP007
-        help="Port (default 9398 with TLS, 9399 with --http).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default 9398 with TLS, 9399 with --http).")
+    ] = None,
     http: Annotated[bool, typer.Option("--http", help="Serve plain HTTP, without TLS.")] = False,
-    tls_cert: Annotated[Optional[Path], typer.Option("--tls-cert")] = None,  # noqa: UP007
-    tls_key: Annotated[Optional[Path], typer.Option("--tls-key")] = None,  # noqa: UP007
-    session_timeout: Annotated[float, typer.Option(
-        "--session-timeout", help="Idle seconds before a logon session ends.")] = 900.0,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key")] = None,
+    session_timeout: Annotated[
+        float, typer.Option("--session-timeout", help="Idle seconds before a logon session ends.")
+    ] = 900.0,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Serve the Enterprise Manager REST API over the repositories."""
@@ -117,18 +141,24 @@ def serve(
         if (tls_cert is None) != (tls_key is None):
             typer.echo("openflr: give both --tls-cert and --tls-key, or neither", err=True)
             raise typer.Exit(2)
-        cert, key = (tls_cert, tls_key) if tls_cert and tls_key else ensure_self_signed(data_dir,
-                                                                                       host)
+        cert, key = (
+            (tls_cert, tls_key) if tls_cert and tls_key else ensure_self_signed(data_dir, host)
+        )
         ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
     elif host not in ("127.0.0.1", "::1", "localhost"):
-        log.warning("serving plain HTTP on %s: logon passwords and files cross the network "
-                    "unencrypted; use TLS outside loopback", host)
+        log.warning(
+            "serving plain HTTP on %s: logon passwords and files cross the network "
+            "unencrypted; use TLS outside loopback",
+            host,
+        )
 
     port = port or (9399 if http else 9398)
     scheme = "http" if http else "https"
     shown_host = f"[{host}]" if ":" in host else host
-    typer.echo(f"openflr {__version__} serving {len(repositories)} repository folder(s): "
-               + ", ".join(str(r) for r in repositories))
+    typer.echo(
+        f"openflr {__version__} serving {len(repositories)} repository folder(s): "
+        + ", ".join(str(r) for r in repositories)
+    )
     typer.echo(f"  API:  {scheme}://{shown_host}:{port}/api/")
     if user_line:
         typer.echo(user_line)
@@ -136,8 +166,7 @@ def serve(
     services.start()
     application = create_app(services)
     try:
-        uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False,
-                    **ssl)  # type: ignore[arg-type]
+        uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, **ssl)  # type: ignore[arg-type]
     finally:
         services.stop()
 
@@ -156,9 +185,11 @@ def _ensure_initial_user(services: object, data_dir: Path) -> str | None:
             fh.write(password + "\n")
     if password_file.is_file():
         password = password_file.read_text().strip()
-        return (f"  User: {INITIAL_USER}   Password: {password}\n"
-                f"  (change it with: openflr user add {INITIAL_USER} --data-dir {data_dir} "
-                "--password-stdin)")
+        return (
+            f"  User: {INITIAL_USER}   Password: {password}\n"
+            f"  (change it with: openflr user add {INITIAL_USER} --data-dir {data_dir} "
+            "--password-stdin)"
+        )
     return None
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from openflr.catalog import Catalog, RestorePoint
 from openflr.engine import EngineError, OpenedRestorePoint, open_restore_point
 from openflr.engine.errors import UnsupportedBackup
-from openflr.store import Database, MountRow
+from openflr.store import Database, LogonSessionRow, MountRow
 from openflr.tasks import Task, TaskOutcome, TaskService
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,7 @@ class MountService:
         def work(task_number: int) -> TaskOutcome:
             return self._mount(session_id, point, task_number)
 
-        return self.tasks.start(
-            session_id, "MountRestorePoint", work, restore_point_id=point.id
-        )
+        return self.tasks.start(session_id, "MountRestorePoint", work, restore_point_id=point.id)
 
     def list(self, session_id: str, point: RestorePoint) -> list[Mount]:
         """Return the live mounts of a restore point that belong to a logon session."""
@@ -160,13 +158,18 @@ class MountService:
         message = "Ok"
         if opened.skipped:
             message = "Ok; volumes not mounted: " + "; ".join(opened.skipped)
-        log.info("mount %s@%d ready (session %s, task task-%d)",
-                 point.id, number, session_id, task_number)
+        log.info(
+            "mount %s@%d ready (session %s, task task-%d)",
+            point.id,
+            number,
+            session_id,
+            task_number,
+        )
         return TaskOutcome(True, message, mount_number=number)
 
-    def _record(self, session_id: str, point: RestorePoint, opened: OpenedRestorePoint) -> int | None:
-        from openflr.store import LogonSessionRow
-
+    def _record(
+        self, session_id: str, point: RestorePoint, opened: OpenedRestorePoint
+    ) -> int | None:
         with self.db.session() as session:
             if session.get(LogonSessionRow, session_id) is None:
                 return None
@@ -197,8 +200,9 @@ class MountService:
                 opened.close()
                 opened = current
             log.info("mount %s@%d reopened", point.id, number)
-        return Mount(row_id=row_id, restore_point=point, number=number,
-                     session_id=session_id, opened=opened)
+        return Mount(
+            row_id=row_id, restore_point=point, number=number, session_id=session_id, opened=opened
+        )
 
     def _close(self, row_id: int) -> None:
         with self._lock:

@@ -24,7 +24,16 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Base", "Database", "LogonSessionRow", "MountRow", "TaskRow", "UserRow", "as_utc", "utcnow"]
+__all__ = [
+    "Base",
+    "Database",
+    "LogonSessionRow",
+    "MountRow",
+    "TaskRow",
+    "UserRow",
+    "as_utc",
+    "utcnow",
+]
 
 
 def utcnow() -> datetime:

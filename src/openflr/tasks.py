@@ -103,7 +103,11 @@ class TaskService:
             task = _to_task(row)
         log.info(
             "task %s %s Running (session %s, restore point %s, mount %s)",
-            task.task_id, operation, session_id, restore_point_id, mount_number,
+            task.task_id,
+            operation,
+            session_id,
+            restore_point_id,
+            mount_number,
         )
         self._pool.submit(self._run, task.id, work)
         return task
@@ -180,7 +184,10 @@ class TaskService:
             row.updated = utcnow()
         log.info(
             "task task-%d Finished success=%s mount %s: %s",
-            number, outcome.success, outcome.mount_number, outcome.message,
+            number,
+            outcome.success,
+            outcome.mount_number,
+            outcome.message,
         )
 
 

@@ -49,8 +49,9 @@ _ACTIONS = {"listall": "listAll", "listdirs": "listDirs", "listfiles": "listFile
 _request_ids = itertools.count(1)
 
 Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
-                   Awaitable[None]]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
+]
 
 
 def create_app(services: Services) -> FastAPI:
@@ -79,8 +80,13 @@ def _urls(request: Request) -> rep.Urls:
     return rep.Urls(api=f"{base}/api")
 
 
-def _respond(request: Request, tree: Node | Collection, status: int = 200,
-             body_kind: str | None = None, headers: dict[str, str] | None = None) -> Response:
+def _respond(
+    request: Request,
+    tree: Node | Collection,
+    status: int = 200,
+    body_kind: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     body, media_type = encode(tree, wants_json(request, body_kind))
     return Response(body, status_code=status, media_type=media_type, headers=headers)
 
@@ -248,8 +254,9 @@ class _Api:
 
     # -- guest files ---------------------------------------------------------------------------
 
-    async def browse(self, request: Request, point_id: str, number: str,
-                     guest_path: str) -> Response:
+    async def browse(
+        self, request: Request, point_id: str, number: str, guest_path: str
+    ) -> Response:
         """``GET …/mounts/{n}/{path}``: a listing page, an entry, or (``action=download``) data."""
         mount = await self._mount(request, point_id, number)
         params = query(request)
@@ -261,18 +268,23 @@ class _Api:
         if action.lower() == "download":
             return await self._download(request, mount, entry)
         if action and action.lower() not in _ACTIONS:
-            raise ApiError(400, f"Unknown action {action!r}: use listAll, listDirs, listFiles "
-                                "or download.")
+            raise ApiError(
+                400, f"Unknown action {action!r}: use listAll, listDirs, listFiles or download."
+            )
         if entry.kind != "dir":
             if action:
                 raise ApiError(400, f"{entry.path} is a file; it has no listing.")
-            return _respond(request, rep.file_system_entry(
-                _urls(request), mount.restore_point, mount.number, entry))
-        return await self._listing(request, mount, entry, _ACTIONS.get(action.lower(), "listAll"),
-                                   params)
+            return _respond(
+                request,
+                rep.file_system_entry(_urls(request), mount.restore_point, mount.number, entry),
+            )
+        return await self._listing(
+            request, mount, entry, _ACTIONS.get(action.lower(), "listAll"), params
+        )
 
-    async def post_guest_path(self, request: Request, point_id: str, number: str,
-                              guest_path: str) -> Response:
+    async def post_guest_path(
+        self, request: Request, point_id: str, number: str, guest_path: str
+    ) -> Response:
         """``POST …/{path}?action=restore``: prepare a file or folder for download (a task)."""
         mount = await self._mount(request, point_id, number)
         action = (query(request).get("action") or "").strip().lower()
@@ -285,6 +297,7 @@ class _Api:
         kind, body = parse_body(await request.body())
         spec = _restore_spec(body)
         if "tooriginallocation" in spec:
+            # TODO: restore to the original location needs a channel to the protected machine.
             raise ApiError(
                 400,
                 "Restore to the original location is not supported: openflr cannot reach the "
@@ -311,8 +324,11 @@ class _Api:
 
         session_id = mount.session_id
         return self.services.tasks.start(
-            session_id, "FileRestoreFromMountPoint", work,
-            restore_point_id=mount.restore_point.id, mount_number=mount.number,
+            session_id,
+            "FileRestoreFromMountPoint",
+            work,
+            restore_point_id=mount.restore_point.id,
+            mount_number=mount.number,
             guest_path=entry.path,
         )
 
@@ -321,24 +337,39 @@ class _Api:
         head = request.method == "HEAD"
         if entry.kind == "dir":
             zip_name = (entry.name.rstrip(":/") or "root") + ".zip"
-            log.info("download of folder %s from mount %s@%d", entry.path,
-                     mount.restore_point.id, mount.number)
+            log.info(
+                "download of folder %s from mount %s@%d",
+                entry.path,
+                mount.restore_point.id,
+                mount.number,
+            )
             return await run_in_threadpool(folder_response, files, entry, zip_name)
         if entry.kind == "symlink":
             raise ApiError(400, f"{entry.path} is a symbolic link; download its target instead.")
-        log.info("download of %s (%d bytes) from mount %s@%d", entry.path, entry.size,
-                 mount.restore_point.id, mount.number)
+        log.info(
+            "download of %s (%d bytes) from mount %s@%d",
+            entry.path,
+            entry.size,
+            mount.restore_point.id,
+            mount.number,
+        )
         return await run_in_threadpool(
             file_response, files, entry, request.headers.get("range"), head
         )
 
-    async def _listing(self, request: Request, mount: Mount, folder: GuestEntry, action: str,
-                       params: dict[str, str]) -> Response:
+    async def _listing(
+        self,
+        request: Request,
+        mount: Mount,
+        folder: GuestEntry,
+        action: str,
+        params: dict[str, str],
+    ) -> Response:
         size = _positive_int(params, "pagesize", 100 if action == "listAll" else 10)
         size = min(size, MAX_PAGE_SIZE)
         number = _positive_int(params, "page", 1)
         try:
-            entries = await run_in_threadpool(mount.opened.files.list, folder.path)
+            entries = await run_in_threadpool(mount.opened.files.list_folder, folder.path)
         except NotAFolder as exc:
             raise ApiError(400, str(exc)) from exc
         except EngineError as exc:
@@ -348,10 +379,11 @@ class _Api:
         elif action == "listDirs":
             entries = [e for e in entries if e.kind == "dir"]
         count = max(1, math.ceil(len(entries) / size))
-        page_entries = entries[(number - 1) * size: number * size]
+        page_entries = entries[(number - 1) * size : number * size]
         page = rep.Page(action=action, size=size, number=number, count=count)
-        tree = rep.file_system_entries(_urls(request), mount.restore_point, mount.number,
-                                       folder.path, page_entries, page)
+        tree = rep.file_system_entries(
+            _urls(request), mount.restore_point, mount.number, folder.path, page_entries, page
+        )
         return _respond(request, tree)
 
     # -- tasks ---------------------------------------------------------------------------------
@@ -388,8 +420,11 @@ class _Api:
         candidates = [request.cookies.get(SESSION_HEADER), request.headers.get(SESSION_HEADER)]
         tokens = [t.strip() for t in candidates if t and t.strip()]
         if not tokens:
-            raise ApiError(401, "No logon session: log on at /api/sessionMngr/?v=latest and "
-                                f"send the token in the {SESSION_HEADER} header.")
+            raise ApiError(
+                401,
+                "No logon session: log on at /api/sessionMngr/?v=latest and "
+                f"send the token in the {SESSION_HEADER} header.",
+            )
         for token in dict.fromkeys(tokens):
             session = await run_in_threadpool(self.services.sessions.authenticate, token)
             if session is not None:
@@ -424,12 +459,17 @@ class _Api:
     def _task_tree(self, request: Request, task: Task) -> Node:
         urls = _urls(request)
         related: list[Link] = []
-        point = (self.services.catalog.get(task.restore_point_id)
-                 if task.restore_point_id else None)
+        point = self.services.catalog.get(task.restore_point_id) if task.restore_point_id else None
         if task.state == "Finished" and task.success and point is not None:
             if task.operation == "MountRestorePoint" and task.mount_number is not None:
-                related.append(Link("Related", urls.mount(point, task.mount_number),
-                                    "AgentRestorePointMount", f"{point.id}@{task.mount_number}"))
+                related.append(
+                    Link(
+                        "Related",
+                        urls.mount(point, task.mount_number),
+                        "AgentRestorePointMount",
+                        f"{point.id}@{task.mount_number}",
+                    )
+                )
             if task.operation == "FileRestoreFromMountPoint" and task.guest_path is not None:
                 href = urls.guest(point, task.mount_number or 0, task.guest_path)
                 related.append(Link("Download", f"{href}?action=download"))
@@ -505,9 +545,18 @@ class _CanonicalPath:
     it came, since Linux names are case-sensitive.
     """
 
-    _NAMES = {n.lower(): n for n in (
-        "api", "sessionMngr", "logonSessions", "agents", "agentRestorePoints", "mounts", "tasks",
-    )}
+    _NAMES = {
+        n.lower(): n
+        for n in (
+            "api",
+            "sessionMngr",
+            "logonSessions",
+            "agents",
+            "agentRestorePoints",
+            "mounts",
+            "tasks",
+        )
+    }
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -565,6 +614,12 @@ class _RequestLog:
             client = scope.get("client") or ("-", 0)
             log.info(
                 "request %d %s %s %s %d %d bytes %.1f ms session %s",
-                request_id, client[0], scope["method"], scope["path"], status, sent,
-                (time.monotonic() - started) * 1000, session_id,
+                request_id,
+                client[0],
+                scope["method"],
+                scope["path"],
+                status,
+                sent,
+                (time.monotonic() - started) * 1000,
+                session_id,
             )

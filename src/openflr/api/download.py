@@ -64,8 +64,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 def _unsatisfiable(size: int) -> ApiError:
-    return ApiError(416, f"The requested range is not within the file's {size} bytes.",
-                    {"Content-Range": f"bytes */{size}"})
+    return ApiError(
+        416,
+        f"The requested range is not within the file's {size} bytes.",
+        {"Content-Range": f"bytes */{size}"},
+    )
 
 
 def file_response(
@@ -117,8 +120,9 @@ def file_response(
         finally:
             stream.close()
 
-    return StreamingResponse(chunks(), status_code=status, headers=headers,
-                             media_type="application/octet-stream")
+    return StreamingResponse(
+        chunks(), status_code=status, headers=headers, media_type="application/octet-stream"
+    )
 
 
 class _Sink:
@@ -162,7 +166,7 @@ def folder_response(files: GuestFileSystem, folder: GuestEntry, zip_name: str) -
     ``openflr-errors.txt`` at the end of the zip.
     """
     try:
-        files.list(folder.path)
+        files.list_folder(folder.path)
     except EngineError as exc:
         raise ApiError(500, str(exc)) from exc
     prefix_length = len(folder.path.rstrip("/")) + 1
@@ -170,7 +174,9 @@ def folder_response(files: GuestFileSystem, folder: GuestEntry, zip_name: str) -
     def chunks() -> Iterator[bytes]:
         sink = _Sink()
         errors: list[str] = []
-        archive = zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        archive = zipfile.ZipFile(  # type: ignore[call-overload]
+            sink, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True
+        )
         started = time.monotonic()
         count = 0
         for entry in files.walk(folder.path):
@@ -183,14 +189,21 @@ def folder_response(files: GuestFileSystem, folder: GuestEntry, zip_name: str) -
                 yield from _add_file(archive, files, entry, name, sink, errors)
                 count += 1
             else:
+                # TODO: store symbolic links as links in the zip instead of leaving them out.
                 errors.append(f"{name}: symbolic link, not followed")
             yield from _drain(sink, force=False)
         if errors:
             archive.writestr("openflr-errors.txt", "\n".join(errors) + "\n")
         archive.close()
         yield from _drain(sink, force=True)
-        log.info("zip of %s: %d files, %d bytes, %d errors, %.2f s", folder.path, count,
-                 sink.offset, len(errors), time.monotonic() - started)
+        log.info(
+            "zip of %s: %d files, %d bytes, %d errors, %.2f s",
+            folder.path,
+            count,
+            sink.offset,
+            len(errors),
+            time.monotonic() - started,
+        )
 
     return StreamingResponse(
         chunks(),

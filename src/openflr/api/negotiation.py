@@ -23,8 +23,9 @@ def wants_json(request: Request, body: str | None = None) -> bool:
     or only wildcards (HTTP libraries send ``*/*`` by themselves), the request body's own format
     wins, so a script that posts JSON reads JSON back.
     """
-    types = [part.split(";")[0].strip().lower() for part in
-             request.headers.get("accept", "").split(",")]
+    types = [
+        part.split(";")[0].strip().lower() for part in request.headers.get("accept", "").split(",")
+    ]
     types = [t for t in types if t]
     if any("json" in t for t in types):
         return True

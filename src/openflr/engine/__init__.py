@@ -1,4 +1,4 @@
-"""Read-only access to restore points: backup file -> disks -> volumes -> file systems -> guest paths.
+"""Read-only access to restore points: backup -> disks -> volumes -> file systems -> guest paths.
 
 The engine knows nothing of the API. It opens backup files read-only, always, with the dissect
 libraries; nothing is mounted by the kernel.
@@ -81,6 +81,9 @@ def open_restore_point(source: VbkSource | ImageSource) -> OpenedRestorePoint:
     files = GuestFileSystem(volumes, close)
     log.debug(
         "opened %s in %.3f s: roots %s, skipped %s",
-        source, time.monotonic() - started, list(files.roots), skipped,
+        source,
+        time.monotonic() - started,
+        list(files.roots),
+        skipped,
     )
     return OpenedRestorePoint(files=files, skipped=skipped)

@@ -124,6 +124,7 @@ def _read_object(path: Path, folder: Any) -> VbkObject:
     ]
     unsupported = None
     if incremental:
+        # TODO: read the backup chain (full .vbk plus earlier increments) so increments mount.
         unsupported = (
             f"{path.name} is an incremental backup file: restoring from it needs its whole backup "
             "chain (the full .vbk and the earlier increments), which openflr cannot read yet"

@@ -46,7 +46,7 @@ def _children(entry: Any) -> Iterator[Any]:
         yield child
 
 
-class GuestFatFilesystem(FatFilesystem):
+class GuestFatFilesystem(FatFilesystem):  # type: ignore[misc]
     """A FAT file system with the guest's names and without the volume label entry."""
 
     def get(self, path: str) -> FatFilesystemEntry:
@@ -69,14 +69,13 @@ class GuestFatFilesystem(FatFilesystem):
         return current
 
 
-class _GuestFatEntry(FatFilesystemEntry):
+class _GuestFatEntry(FatFilesystemEntry):  # type: ignore[misc]
     def get(self, path: str) -> FatFilesystemEntry:
         full_path = f"{self.path.rstrip('/')}/{path}"
         return _GuestFatEntry(self.fs, full_path, self.fs._get_entry(path, self.entry))
 
-    def scandir(self) -> Iterator[FatDirEntry]:  # type: ignore[override]
+    def scandir(self) -> Iterator[FatDirEntry]:
         if not self.is_dir():
             raise NotADirectoryError(self.path)
         for child in _children(self.entry):
             yield FatDirEntry(self.fs, self.path, display_name(child), child)
-

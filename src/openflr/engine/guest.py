@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
 
 from openflr.engine.backup import Disk
-from openflr.engine.fat import GuestFatFilesystem
 from openflr.engine.errors import (
     GuestFileUnreadable,
     GuestPathInvalid,
@@ -25,10 +24,11 @@ from openflr.engine.errors import (
     IsAFolder,
     NotAFolder,
 )
+from openflr.engine.fat import GuestFatFilesystem
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GuestEntry", "GuestFileSystem", "Volume", "find_volumes"]
+__all__ = ["GuestEntry", "GuestFileStream", "GuestFileSystem", "Volume", "find_volumes"]
 
 EntryKind = Literal["file", "dir", "symlink"]
 
@@ -133,6 +133,8 @@ def _why_unopenable(stream: Any, exc: Exception) -> str | None:
         return "ReFS volume; openflr cannot read ReFS"
     if not head.strip(b"\x00"):
         return None
+    # TODO: assemble LVM volume groups and open BitLocker/LUKS with configured keys; until then
+    # these volumes are skipped and named in the mount task's message.
     if b"LABELONE" in head[:2048]:
         return "LVM physical volume; openflr cannot assemble LVM volume groups yet"
     return None
@@ -182,8 +184,10 @@ class GuestFileSystem:
 
     def root_entries(self) -> list[GuestEntry]:
         """Return one folder entry per FSRoot, in display order."""
-        return [GuestEntry(path=r.name, name=r.name, kind="dir", size=0, mtime=None)
-                for r in self.roots.values()]
+        return [
+            GuestEntry(path=r.name, name=r.name, kind="dir", size=0, mtime=None)
+            for r in self.roots.values()
+        ]
 
     def normalise(self, path: str) -> str:
         """Return the canonical form of a guest path (``c:\\a\\..\\b`` becomes ``C:/b``).
@@ -202,14 +206,19 @@ class GuestFileSystem:
         root, parts = self._split(path)
         guest_path = _join(root.name, parts)
         if not parts or tuple(parts) in root.mounts:
-            return GuestEntry(path=guest_path, name=parts[-1] if parts else root.name,
-                              kind="dir", size=0, mtime=None)
+            return GuestEntry(
+                path=guest_path,
+                name=parts[-1] if parts else root.name,
+                kind="dir",
+                size=0,
+                mtime=None,
+            )
         volume, inner = _volume_for(root, parts)
         with self.lock:
             entry = self._fs_entry(volume, inner, guest_path)
             return _to_entry(guest_path, parts[-1], entry.lstat(), entry)
 
-    def list(self, path: str) -> list[GuestEntry]:
+    def list_folder(self, path: str) -> list[GuestEntry]:
         """Return the entries of a folder: files first, then folders, each sorted by name.
 
         Raises:
@@ -227,7 +236,7 @@ class GuestFileSystem:
             self._remember(guest_path, entries)
             return entries
 
-    def open(self, path: str) -> BinaryIO:
+    def open(self, path: str) -> GuestFileStream:
         """Open a guest file for reading.
 
         Raises:
@@ -248,11 +257,11 @@ class GuestFileSystem:
                 fh = entry.open()
             except Exception as exc:
                 raise GuestFileUnreadable(guest_path, str(exc) or type(exc).__name__) from exc
-            return _LockedReader(fh, self.lock, guest_path)
+            return GuestFileStream(fh, self.lock, guest_path)
 
     def walk(self, path: str) -> Iterator[GuestEntry]:
         """Yield every entry below a folder, depth first, never following symbolic links."""
-        for entry in self.list(path):
+        for entry in self.list_folder(path):
             yield entry
             if entry.kind == "dir":
                 yield from self.walk(entry.path)
@@ -335,8 +344,9 @@ class GuestFileSystem:
             if len(mount_parts) == depth + 1 and list(mount_parts[:depth]) == parts:
                 name = mount_parts[-1]
                 if name not in seen:
-                    folders.append(GuestEntry(_join(root.name, list(mount_parts)), name, "dir", 0,
-                                              None))
+                    folders.append(
+                        GuestEntry(_join(root.name, list(mount_parts)), name, "dir", 0, None)
+                    )
                 else:
                     folders = [
                         GuestEntry(f.path, f.name, "dir", 0, f.mtime) if f.name == name else f
@@ -355,7 +365,7 @@ class GuestFileSystem:
             self._listed_entries -= len(dropped)
 
 
-class _LockedReader:
+class GuestFileStream:
     """A guest file stream whose every read holds the restore point's lock."""
 
     def __init__(self, fh: BinaryIO, lock: threading.RLock, guest_path: str) -> None:
@@ -390,7 +400,7 @@ class _LockedReader:
     def close(self) -> None:
         self._fh = _ClosedStream(self.guest_path)  # type: ignore[assignment]
 
-    def __enter__(self) -> _LockedReader:
+    def __enter__(self) -> GuestFileStream:
         return self
 
     def __exit__(self, *exc: object) -> None:

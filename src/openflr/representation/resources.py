@@ -40,7 +40,8 @@ _STATUS_NAMES = {
     400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
     405: "MethodNotAllowed", 406: "NotAcceptable", 409: "Conflict", 411: "LengthRequired",
     413: "RequestEntityTooLarge", 415: "UnsupportedMediaType",
-    416: "RequestedRangeNotSatisfiable", 422: "UnprocessableEntity", 431: "RequestHeaderFieldsTooLarge",
+    416: "RequestedRangeNotSatisfiable", 422: "UnprocessableEntity",
+    431: "RequestHeaderFieldsTooLarge",
     500: "InternalServerError", 501: "NotImplemented", 503: "ServiceUnavailable",
 }  # fmt: skip
 
@@ -96,10 +97,12 @@ def enterprise_manager(urls: Urls) -> Node:
         "EnterpriseManager",
         {"Href": f"{urls.api}/"},
         [
-            LinkList([
-                Link("Down", f"{urls.api}/logonSessions", "LogonSessionList"),
-                Link("Create", f"{urls.api}/sessionMngr/?v=latest", "LogonSession"),
-            ]),
+            LinkList(
+                [
+                    Link("Down", f"{urls.api}/logonSessions", "LogonSessionList"),
+                    Link("Create", f"{urls.api}/sessionMngr/?v=latest", "LogonSession"),
+                ]
+            ),
             ListOf("SupportedVersions", "SupportedVersions", versions),
         ],
     )
@@ -112,16 +115,24 @@ def logon_session(urls: Urls, session: LogonSession) -> Node:
         "LogonSession",
         {"Href": href, "Type": "LogonSession"},
         [
-            LinkList([
-                Link("Up", f"{urls.api}/", "EnterpriseManager"),
-                Link("Down", f"{urls.api}/tasks", "TaskList"),
-                Link("Down", f"{urls.api}/agents", "AgentsService"),
-                Link("Down", f"{urls.api}/agents/agentRestorePoints",
-                     "AgentRestorePointReferenceList"),
-                Link("Down", f"{urls.api}/agents/agentRestorePoints?format=Entity",
-                     "AgentRestorePointList"),
-                Link("Delete", href, "LogonSession"),
-            ]),
+            LinkList(
+                [
+                    Link("Up", f"{urls.api}/", "EnterpriseManager"),
+                    Link("Down", f"{urls.api}/tasks", "TaskList"),
+                    Link("Down", f"{urls.api}/agents", "AgentsService"),
+                    Link(
+                        "Down",
+                        f"{urls.api}/agents/agentRestorePoints",
+                        "AgentRestorePointReferenceList",
+                    ),
+                    Link(
+                        "Down",
+                        f"{urls.api}/agents/agentRestorePoints?format=Entity",
+                        "AgentRestorePointList",
+                    ),
+                    Link("Delete", href, "LogonSession"),
+                ]
+            ),
             Field("UserName", session.user_name),
             Field("SessionId", session.id),
         ],
@@ -139,10 +150,14 @@ def agents_service(urls: Urls) -> Node:
         "Agents",
         {"Href": base, "Type": "AgentsService"},
         [
-            LinkList([
-                Link("Down", f"{base}/agentRestorePoints", "AgentRestorePointReferenceList"),
-                Link("Down", f"{base}/agentRestorePoints?format=Entity", "AgentRestorePointList"),
-            ])
+            LinkList(
+                [
+                    Link("Down", f"{base}/agentRestorePoints", "AgentRestorePointReferenceList"),
+                    Link(
+                        "Down", f"{base}/agentRestorePoints?format=Entity", "AgentRestorePointList"
+                    ),
+                ]
+            )
         ],
     )
 
@@ -163,8 +178,9 @@ def restore_point_reference(urls: Urls, point: RestorePoint, tag: str = "Ref") -
 
 
 def restore_point_references(urls: Urls, points: list[RestorePoint]) -> Collection:
-    return Collection("EntityReferences", "Refs",
-                      [restore_point_reference(urls, p) for p in points])
+    return Collection(
+        "EntityReferences", "Refs", [restore_point_reference(urls, p) for p in points]
+    )
 
 
 def restore_point_entity(urls: Urls, point: RestorePoint) -> Node:
@@ -179,11 +195,13 @@ def restore_point_entity(urls: Urls, point: RestorePoint) -> Node:
             "UID": f"urn:veeam:AgentRestorePoint:{point.id}",
         },
         [
-            LinkList([
-                Link("Alternate", href, "AgentRestorePointReference", point.name),
-                Link("Down", urls.mounts(point), "AgentRestorePointMountList"),
-                Link("Create", urls.mounts(point), "AgentRestorePointMount"),
-            ]),
+            LinkList(
+                [
+                    Link("Alternate", href, "AgentRestorePointReference", point.name),
+                    Link("Down", urls.mounts(point), "AgentRestorePointMountList"),
+                    Link("Create", urls.mounts(point), "AgentRestorePointMount"),
+                ]
+            ),
             Field("CreationTimeUTC", point.created),
             Field("Algorithm", point.algorithm),
             Field("PointType", point.point_type),
@@ -192,8 +210,9 @@ def restore_point_entity(urls: Urls, point: RestorePoint) -> Node:
 
 
 def restore_point_entities(urls: Urls, points: list[RestorePoint]) -> Collection:
-    return Collection("AgentRestorePoints", "AgentRestorePoints",
-                      [restore_point_entity(urls, p) for p in points])
+    return Collection(
+        "AgentRestorePoints", "AgentRestorePoints", [restore_point_entity(urls, p) for p in points]
+    )
 
 
 def mount(urls: Urls, point: RestorePoint, number: int, roots: list[GuestEntry]) -> Node:
@@ -218,8 +237,9 @@ def mounts(urls: Urls, items: list[Node]) -> Collection:
     return Collection("AgentRestorePointMounts", "AgentRestorePointMounts", items)
 
 
-def _listing_href(urls: Urls, point: RestorePoint, number: int, path: str, action: str,
-                  size: int, page: int) -> str:
+def _listing_href(
+    urls: Urls, point: RestorePoint, number: int, path: str, action: str, size: int, page: int
+) -> str:
     return f"{urls.guest(point, number, path)}?action={action}&pageSize={size}&page={page}"
 
 
@@ -246,13 +266,15 @@ def file_system_entry(urls: Urls, point: RestorePoint, number: int, entry: Guest
             "DirectoryEntry",
             {"Href": href, "Type": "DirectoryEntry"},
             [
-                LinkList([
-                    up,
-                    Link("Down", f"{href}?action=listAll&pageSize=100&page=1"),
-                    Link("Down", f"{href}?action=listDirs&pageSize=10&page=1"),
-                    Link("Down", f"{href}?action=listFiles&pageSize=10&page=1"),
-                    Link("Restore", f"{href}?action=restore"),
-                ]),
+                LinkList(
+                    [
+                        up,
+                        Link("Down", f"{href}?action=listAll&pageSize=100&page=1"),
+                        Link("Down", f"{href}?action=listDirs&pageSize=10&page=1"),
+                        Link("Down", f"{href}?action=listFiles&pageSize=10&page=1"),
+                        Link("Restore", f"{href}?action=restore"),
+                    ]
+                ),
                 Field("Path", entry.path),
                 Field("Name", entry.name),
             ],

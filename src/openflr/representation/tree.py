@@ -17,7 +17,6 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Union
 
 __all__ = [
     "NAMESPACE",
@@ -33,7 +32,7 @@ __all__ = [
 
 NAMESPACE = "http://www.veeam.com/ent/v1.0"
 
-Scalar = Union[str, int, bool, datetime, None]
+Scalar = str | int | bool | datetime | None
 
 _BASE_PROPERTIES = ("Name", "UID", "Links", "Href", "Type")
 
@@ -87,7 +86,7 @@ class Node:
 
 @dataclass
 class Collection:
-    """A collection root: ``<EntityReferences><Ref/>...</EntityReferences>`` or ``{"Refs": [...]}``."""
+    """A collection root: ``<EntityReferences><Ref/>…</EntityReferences>``, ``{"Refs": […]}``."""
 
     tag: str
     json_key: str
@@ -119,8 +118,12 @@ def _attrs_xml(attrs: dict[str, Scalar]) -> str:
 
 
 def _link_xml(link: Link, out: list[str]) -> None:
-    attrs: dict[str, Scalar] = {"Rel": link.rel, "Type": link.type, "Name": link.name,
-                                "Href": link.href}
+    attrs: dict[str, Scalar] = {
+        "Rel": link.rel,
+        "Type": link.type,
+        "Name": link.name,
+        "Href": link.href,
+    }
     out.append(f"<Link{_attrs_xml(attrs)} />")
 
 
