@@ -194,3 +194,31 @@ def test_linux_tree_is_assembled_from_fstab(server: Server) -> None:
     data = client.restore_for_download(grub).content
     assert data.startswith(b"#") or len(data) == int(grub["Size"])
     client.logoff()
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["xml", "json"])
+def test_any_name_the_guest_allows_round_trips(server: Server, as_json: bool) -> None:
+    client = EmClient(server.base, as_json=as_json)
+    client.logon(USER, PASSWORD)
+    mount = client.mount(client.restore_point("oddbox@"))
+    listing = client.list_pages(mount["FSRoots"][0]["Href"])
+    by_path = {e["Path"]: e for e in listing}
+
+    for name, data in images.ODD_NAMES.items():
+        shown = name
+        if not as_json:
+            # XML 1.0 cannot carry control characters or lone surrogates at all, even escaped;
+            # they arrive as U+FFFD in the text, while the Href still names the file exactly.
+            shown = "".join(
+                "\ufffd" if ord(c) < 32 and c not in "\t\n" or 0xD800 <= ord(c) <= 0xDFFF else c
+                for c in name
+            )
+        entry = by_path[f"/{shown}"]
+        assert entry["Name"] == shown
+        response = client.request("GET", link(entry, "Restore").replace("restore", "download"))
+        assert response.content == data, name
+
+    long_entry = walk_to(client, mount, "/" + images.LONG_PATH)
+    assert len(long_entry["Path"]) > 300
+    assert client.restore_for_download(long_entry).content == b"the end of a long path\n"
+    client.logoff()

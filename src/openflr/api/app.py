@@ -15,10 +15,12 @@ import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import unquote
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -52,6 +54,21 @@ Scope = MutableMapping[str, Any]
 ASGIApp = Callable[
     [Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
 ]
+
+
+class _GuestPathConvertor(Convertor[str]):
+    """Like ``path``, but also across newlines: a Linux file name may hold one."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("guestpath", _GuestPathConvertor())
 
 
 def create_app(services: Services) -> FastAPI:
@@ -141,8 +158,14 @@ class _Api:
         add(mounts, self.create_mount, methods=["POST"], status_code=202)
         add(mounts + "/{number}", self.get_mount, methods=["GET"])
         add(mounts + "/{number}", self.delete_mount, methods=["DELETE"], status_code=204)
-        add(mounts + "/{number}/{guest_path:path}", self.browse, methods=["GET", "HEAD"])
-        add(mounts + "/{number}/{guest_path:path}", self.post_guest_path, methods=["POST"])
+        add(mounts + "/{number}/{guest_path:guestpath}", self.browse, methods=["GET"])
+        add(
+            mounts + "/{number}/{guest_path:guestpath}",
+            self.browse,
+            methods=["HEAD"],
+            include_in_schema=False,
+        )
+        add(mounts + "/{number}/{guest_path:guestpath}", self.post_guest_path, methods=["POST"])
         add("/api/tasks", self.list_tasks, methods=["GET"])
         add("/api/tasks/{task_id}", self.get_task, methods=["GET"])
         add("/api/tasks/{task_id}", self.delete_task, methods=["DELETE"], status_code=204)
@@ -563,7 +586,14 @@ class _CanonicalPath:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            scope["path"] = self.canonical(scope["path"])
+            raw = scope.get("raw_path")
+            if raw:
+                # Names on Linux guests need not be UTF-8: keep undecodable bytes as surrogates
+                # (as the engine names them) instead of the server's lossy replacement characters.
+                path = unquote(raw.decode("latin-1"), errors="surrogateescape")
+            else:
+                path = scope["path"]
+            scope["path"] = self.canonical(path)
         await self.app(scope, receive, send)
 
     def canonical(self, path: str) -> str:
