@@ -143,6 +143,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory, source_tree: Path) -> P
     images.build_volume_point(repo, source_tree, fmt="raw")
     images.build_mbr_point(repo, source_tree, fmt="vmdk")
     images.build_odd_names_point(repo, fmt="raw")
+    images.build_huge_file_point(repo)
     return repo
 
 

@@ -222,3 +222,59 @@ def test_any_name_the_guest_allows_round_trips(server: Server, as_json: bool) ->
     assert len(long_entry["Path"]) > 300
     assert client.restore_for_download(long_entry).content == b"the end of a long path\n"
     client.logoff()
+
+
+def test_folder_with_a_file_past_4_gib_downloads_as_valid_zip64(
+    server: Server, tmp_path: Path
+) -> None:
+    client = EmClient(server.base)
+    client.logon(USER, PASSWORD)
+    mount = client.mount(client.restore_point("hugebox@"))
+    root = mount["FSRoots"][0]
+    target = tmp_path / "huge.zip"
+    url = f"{root['Href']}?action=download"
+    with client.http.stream("GET", url, headers=client._headers()) as response:
+        assert response.status_code == 200
+        with target.open("wb") as fh:
+            for chunk in response.iter_bytes(1 << 20):
+                fh.write(chunk)
+
+    size = 4500 * (1 << 20)
+    with zipfile.ZipFile(target) as archive:
+        info = archive.getinfo(images.HUGE_NAME)
+        assert info.file_size == size
+        assert archive.testzip() is None  # every CRC checked over the whole 4.4 GiB
+        with archive.open(info) as fh:
+            assert fh.read(len(images.HUGE_HEAD)) == images.HUGE_HEAD
+            fh.seek(size - len(images.HUGE_TAIL))
+            assert fh.read() == images.HUGE_TAIL
+        assert archive.read("small.txt") == b"next to a huge file\n"
+    target.unlink()
+    client.logoff()
+
+
+def test_concurrent_downloads_from_one_mount_are_byte_exact(
+    server: Server, source_tree: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = EmClient(server.base)
+    client.logon(USER, PASSWORD)
+    mount = client.mount(client.restore_point("linbox@"))
+    names = [
+        images.BIG_NAME,
+        images.HELLO_NAME,
+        images.DEEP_LEAF,
+        images.BIG_NAME,
+        f"{images.MANY_DIR}/f01234.txt",
+        images.BIG_NAME,
+    ]
+
+    def fetch(name: str) -> str:
+        url = f"{mount['Href']}//home/user/{name}?action=download"
+        return sha256(client.http.get(url, headers=client._headers()).content)
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        digests = list(pool.map(fetch, names))
+    assert digests == [sha256_file(source_tree / name) for name in names]
+    client.logoff()
