@@ -144,6 +144,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory, source_tree: Path) -> P
     images.build_mbr_point(repo, source_tree, fmt="vmdk")
     images.build_odd_names_point(repo, fmt="raw")
     images.build_huge_file_point(repo)
+    # The same kind of volume, marked as a virtual machine's: it is served under /vmRestorePoints.
+    images.build_volume_point(repo, source_tree, machine="vmbox", fmt="vmdk")
+    (repo / "vmbox" / "machine.json").write_text('{"type": "vm"}\n')
     return repo
 
 

@@ -17,14 +17,13 @@ import httpx
 from lxml import etree
 
 NS = "{http://www.veeam.com/ent/v1.0}"
-_COLLECTIONS = {
-    "EntityReferences",
-    "AgentRestorePoints",
-    "Tasks",
-    "AgentRestorePointMounts",
-    "LogonSessions",
-}
-_LISTS = {"Files", "Directories", "FSRoots", "SupportedVersions"}
+_ENTITY_LISTS = {
+    "AgentRestorePoints", "VmRestorePoints", "Tasks", "AgentRestorePointMounts",
+    "VmRestorePointMounts", "LogonSessions", "BackupServers", "Backups", "BackupFiles",
+    "RestorePoints", "DiscoveredComputers", "HierarchyItems",
+}  # fmt: skip
+_COLLECTIONS = {"EntityReferences", *_ENTITY_LISTS}
+_LISTS = {"Files", "Directories", "FSRoots", "SupportedVersions", "Refs", *_ENTITY_LISTS}
 
 
 class ApiFailure(AssertionError):
@@ -131,15 +130,18 @@ class EmClient:
         self.logon_session = self.parse(response)
         return self.logon_session
 
-    def restore_points(self) -> list[dict[str, Any]]:
+    def restore_points(self, kind: str = "Agent") -> list[dict[str, Any]]:
+        """References to the agent (``kind="Agent"``) or VM (``"Vm"``) restore points."""
         assert self.logon_session is not None
+        if kind == "Vm":
+            return self.get(link(self.logon_session, "Down", "VmRestorePointReferenceList"))
         agents = self.get(link(self.logon_session, "Down", "AgentsService"))
         return self.get(link(agents, "Down", "AgentRestorePointReferenceList"))
 
-    def restore_point(self, name_prefix: str) -> dict[str, Any]:
-        for ref in self.restore_points():
+    def restore_point(self, name_prefix: str, kind: str = "Agent") -> dict[str, Any]:
+        for ref in self.restore_points(kind):
             if ref["Name"].startswith(name_prefix):
-                return self.get(link(ref, "Alternate", "AgentRestorePoint"))
+                return self.get(link(ref, "Alternate", f"{kind}RestorePoint"))
         raise AssertionError(f"no restore point named {name_prefix}*")
 
     def wait(self, task: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
@@ -150,15 +152,14 @@ class EmClient:
             task = self.get(task["Href"])
         return task
 
-    def mount(self, point: dict[str, Any]) -> dict[str, Any]:
-        task = self.parse(
-            self.request("POST", link(point, "Create", "AgentRestorePointMount"), 202)
-        )
+    def mount(self, point: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        mount_type = f"{point['Type']}Mount"
+        task = self.parse(self.request("POST", link(point, "Create", mount_type), 202, **kwargs))
         assert task["Operation"] == "MountRestorePoint"
         task = self.wait(task)
         result = task["Result"]
         assert str(result["Success"]).lower() == "true", result
-        return self.get(link(task, "Related", "AgentRestorePointMount"))
+        return self.get(link(task, "Related", mount_type))
 
     def list_all(self, directory: dict[str, Any]) -> list[dict[str, Any]]:
         """Every entry of a folder, following the Next links page by page."""

@@ -26,16 +26,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from openflr import __version__
+from openflr.api.common import (
+    entity_format,
+    make_view,
+    respond,
+    restore_points_tree,
+    task_tree,
+    urls_of,
+)
 from openflr.api.download import file_response, folder_response
 from openflr.api.errors import ApiError
-from openflr.api.negotiation import parse_body, query, wants_json
+from openflr.api.inventory import Inventory
+from openflr.api.negotiation import parse_body, query
 from openflr.catalog import RestorePoint
 from openflr.engine import GuestEntry
 from openflr.engine.errors import EngineError, GuestPathInvalid, GuestPathNotFound, NotAFolder
 from openflr.mounts import Mount, MountGone
-from openflr.representation import Collection, Node, encode
+from openflr.representation import Node
 from openflr.representation import resources as rep
-from openflr.representation.tree import Link
 from openflr.services import Services
 from openflr.sessions import LogonSession
 from openflr.tasks import Task, parse_task_id
@@ -92,27 +100,11 @@ def create_app(services: Services) -> FastAPI:
     return app
 
 
-def _urls(request: Request) -> rep.Urls:
-    base = str(request.base_url).rstrip("/")
-    return rep.Urls(api=f"{base}/api")
-
-
-def _respond(
-    request: Request,
-    tree: Node | Collection,
-    status: int = 200,
-    body_kind: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    body, media_type = encode(tree, wants_json(request, body_kind))
-    return Response(body, status_code=status, media_type=media_type, headers=headers)
-
-
 async def _render_error(request: Request, exc: ApiError) -> Response:
     headers = dict(exc.headers)
     if exc.status == 401:
         headers.setdefault("WWW-Authenticate", "Basic Realm=RestSvc")
-    return _respond(request, rep.error(exc.status, exc.message), exc.status, headers=headers)
+    return respond(request, rep.error(exc.status, exc.message), exc.status, headers=headers)
 
 
 async def _render_http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -151,21 +143,19 @@ class _Api:
         add("/api/logonSessions/{session_id}", self.get_logon_session, methods=["GET"])
         add("/api/logonSessions/{session_id}", self.logoff, methods=["DELETE"], status_code=204)
         add("/api/agents", self.agents, methods=["GET"])
-        add("/api/agents/agentRestorePoints", self.list_restore_points, methods=["GET"])
-        add("/api/agents/agentRestorePoints/{point_id}", self.get_restore_point, methods=["GET"])
-        mounts = "/api/agents/agentRestorePoints/{point_id}/mounts"
-        add(mounts, self.list_mounts, methods=["GET"])
-        add(mounts, self.create_mount, methods=["POST"], status_code=202)
-        add(mounts + "/{number}", self.get_mount, methods=["GET"])
-        add(mounts + "/{number}", self.delete_mount, methods=["DELETE"], status_code=204)
-        add(mounts + "/{number}/{guest_path:guestpath}", self.browse, methods=["GET"])
-        add(
-            mounts + "/{number}/{guest_path:guestpath}",
-            self.browse,
-            methods=["HEAD"],
-            include_in_schema=False,
-        )
-        add(mounts + "/{number}/{guest_path:guestpath}", self.post_guest_path, methods=["POST"])
+        for family in ("/api/agents/agentRestorePoints", "/api/vmRestorePoints"):
+            add(family, self.list_restore_points, methods=["GET"])
+            add(family + "/{point_id}", self.get_restore_point, methods=["GET"])
+            mounts = family + "/{point_id}/mounts"
+            add(mounts, self.list_mounts, methods=["GET"])
+            add(mounts, self.create_mount, methods=["POST"], status_code=202)
+            add(mounts + "/{number}", self.get_mount, methods=["GET"])
+            add(mounts + "/{number}", self.delete_mount, methods=["DELETE"], status_code=204)
+            guest = mounts + "/{number}/{guest_path:guestpath}"
+            add(guest, self.browse, methods=["GET"])
+            add(guest, self.browse, methods=["HEAD"], include_in_schema=False)
+            add(guest, self.post_guest_path, methods=["POST"])
+        Inventory(self.services, self._session).register(app)
         add("/api/tasks", self.list_tasks, methods=["GET"])
         add("/api/tasks/{task_id}", self.get_task, methods=["GET"])
         add("/api/tasks/{task_id}", self.delete_task, methods=["DELETE"], status_code=204)
@@ -174,7 +164,7 @@ class _Api:
 
     async def entry_point(self, request: Request) -> Response:
         """``GET /api/``: where to log on, without authentication."""
-        return _respond(request, rep.enterprise_manager(_urls(request)))
+        return respond(request, rep.enterprise_manager(urls_of(request)))
 
     async def logon(self, request: Request) -> Response:
         """``POST /api/sessionMngr/?v=latest``: Basic credentials in, session token out."""
@@ -190,7 +180,7 @@ class _Api:
 
         session, token = await run_in_threadpool(self.services.sessions.create, account)
         request.scope.setdefault("state", {})["session_id"] = session.id
-        urls = _urls(request)
+        urls = urls_of(request)
         cookie = f"{SESSION_HEADER}={token}; Path=/api; HttpOnly"
         if request.url.scheme == "https":
             cookie += "; Secure"
@@ -199,17 +189,17 @@ class _Api:
             "Set-Cookie": cookie,
             "Location": urls.logon_session(session),
         }
-        return _respond(request, rep.logon_session(urls, session), 201, headers=headers)
+        return respond(request, rep.logon_session(urls, session), 201, headers=headers)
 
     async def list_logon_sessions(self, request: Request) -> Response:
         session = await self._session(request)
-        return _respond(request, rep.logon_sessions(_urls(request), [session]))
+        return respond(request, rep.logon_sessions(urls_of(request), [session]))
 
     async def get_logon_session(self, request: Request, session_id: str) -> Response:
         session = await self._session(request)
         if session_id.strip("{}").lower() != session.id:
             raise ApiError(404, f"No logon session {session_id} is visible to this session.")
-        return _respond(request, rep.logon_session(_urls(request), session))
+        return respond(request, rep.logon_session(urls_of(request), session))
 
     async def logoff(self, request: Request, session_id: str) -> Response:
         """``DELETE /api/logonSessions/{id}``: end the session and release its mounts."""
@@ -223,50 +213,52 @@ class _Api:
 
     async def agents(self, request: Request) -> Response:
         await self._session(request)
-        return _respond(request, rep.agents_service(_urls(request)))
+        view = await run_in_threadpool(make_view, request, self.services)
+        return respond(request, view.agents_service())
 
     async def list_restore_points(self, request: Request) -> Response:
         await self._session(request)
-        points = await run_in_threadpool(self.services.catalog.all)
-        urls = _urls(request)
-        if _entity_format(request):
-            return _respond(request, rep.restore_point_entities(urls, points))
-        return _respond(request, rep.restore_point_references(urls, points))
+        kind = _family(request)
+        view = await run_in_threadpool(make_view, request, self.services)
+        points = [p for p in view.index.points.values() if p.kind == kind]
+        points.sort(key=lambda p: (p.created, p.machine, p.id))
+        return respond(request, restore_points_tree(view, points, entity_format(request), kind))
 
     async def get_restore_point(self, request: Request, point_id: str) -> Response:
         await self._session(request)
-        point = await self._restore_point(point_id)
-        urls = _urls(request)
-        if _entity_format(request):
-            return _respond(request, rep.restore_point_entity(urls, point))
-        return _respond(request, rep.restore_point_reference(urls, point, tag="EntityRef"))
+        point = await self._restore_point(request, point_id)
+        view = await run_in_threadpool(make_view, request, self.services)
+        up = view.point_up_links(point)
+        if entity_format(request):
+            return respond(request, rep.restore_point_entity(view.urls, point, up))
+        return respond(request, rep.restore_point_reference(view.urls, point, up, tag="EntityRef"))
 
     # -- mounts --------------------------------------------------------------------------------
 
     async def create_mount(self, request: Request, point_id: str) -> Response:
         """``POST …/mounts``: 202 with a Running task; the mount opens in the background."""
         session = await self._session(request)
-        point = await self._restore_point(point_id)
+        point = await self._restore_point(request, point_id)
         kind, _ = parse_body(await request.body())
         task = await run_in_threadpool(self.services.mounts.start_mount, session.id, point)
-        return _respond(request, self._task_tree(request, task), 202, body_kind=kind)
+        return respond(request, self._task_tree(request, task), 202, body_kind=kind)
 
     async def list_mounts(self, request: Request, point_id: str) -> Response:
         session = await self._session(request)
-        point = await self._restore_point(point_id)
+        point = await self._restore_point(request, point_id)
         found = await run_in_threadpool(self.services.mounts.list, session.id, point)
-        urls = _urls(request)
+        urls = urls_of(request)
         items = [self._mount_tree(urls, m) for m in found]
-        return _respond(request, rep.mounts(urls, items))
+        return respond(request, rep.mounts(point.kind, items))
 
     async def get_mount(self, request: Request, point_id: str, number: str) -> Response:
         mount = await self._mount(request, point_id, number)
-        return _respond(request, self._mount_tree(_urls(request), mount))
+        return respond(request, self._mount_tree(urls_of(request), mount))
 
     async def delete_mount(self, request: Request, point_id: str, number: str) -> Response:
         """``DELETE …/mounts/{n}``: unmount at once."""
         session = await self._session(request)
-        point = await self._restore_point(point_id)
+        point = await self._restore_point(request, point_id)
         mount_number = _mount_number(number)
         done = await run_in_threadpool(
             self.services.mounts.unmount, session.id, point, mount_number
@@ -285,7 +277,7 @@ class _Api:
         params = query(request)
         action = (params.get("action") or "").strip()
         if not guest_path and "/" not in mount.opened.files.roots:
-            return _respond(request, self._mount_tree(_urls(request), mount))
+            return respond(request, self._mount_tree(urls_of(request), mount))
 
         entry = await run_in_threadpool(_stat, mount, guest_path or "/")
         if action.lower() == "download":
@@ -297,9 +289,9 @@ class _Api:
         if entry.kind != "dir":
             if action:
                 raise ApiError(400, f"{entry.path} is a file; it has no listing.")
-            return _respond(
+            return respond(
                 request,
-                rep.file_system_entry(_urls(request), mount.restore_point, mount.number, entry),
+                rep.file_system_entry(urls_of(request), mount.restore_point, mount.number, entry),
             )
         return await self._listing(
             request, mount, entry, _ACTIONS.get(action.lower(), "listAll"), params
@@ -331,7 +323,7 @@ class _Api:
 
         entry = await run_in_threadpool(_stat, mount, guest_path or "/")
         task = await run_in_threadpool(self._start_restore, request, mount, entry)
-        return _respond(request, self._task_tree(request, task), 202, body_kind=kind)
+        return respond(request, self._task_tree(request, task), 202, body_kind=kind)
 
     def _start_restore(self, request: Request, mount: Mount, entry: GuestEntry) -> Task:
         files = mount.opened.files
@@ -405,16 +397,16 @@ class _Api:
         page_entries = entries[(number - 1) * size : number * size]
         page = rep.Page(action=action, size=size, number=number, count=count)
         tree = rep.file_system_entries(
-            _urls(request), mount.restore_point, mount.number, folder.path, page_entries, page
+            urls_of(request), mount.restore_point, mount.number, folder.path, page_entries, page
         )
-        return _respond(request, tree)
+        return respond(request, tree)
 
     # -- tasks ---------------------------------------------------------------------------------
 
     async def list_tasks(self, request: Request) -> Response:
         session = await self._session(request)
         found = await run_in_threadpool(self.services.tasks.list, session.id)
-        return _respond(request, rep.tasks([self._task_tree(request, t) for t in found]))
+        return respond(request, rep.tasks([self._task_tree(request, t) for t in found]))
 
     async def get_task(self, request: Request, task_id: str) -> Response:
         session = await self._session(request)
@@ -424,7 +416,7 @@ class _Api:
             task = await run_in_threadpool(self.services.tasks.get, session.id, number)
         if task is None:
             raise ApiError(404, f"No task {task_id} in this logon session.")
-        return _respond(request, self._task_tree(request, task))
+        return respond(request, self._task_tree(request, task))
 
     async def delete_task(self, request: Request, task_id: str) -> Response:
         session = await self._session(request)
@@ -455,15 +447,17 @@ class _Api:
                 return session
         raise ApiError(401, "The logon session has expired or does not exist; log on again.")
 
-    async def _restore_point(self, point_id: str) -> RestorePoint:
+    async def _restore_point(self, request: Request, point_id: str) -> RestorePoint:
+        kind = _family(request)
         point = await run_in_threadpool(self.services.catalog.get, point_id)
-        if point is None:
-            raise ApiError(404, f"No agent restore point {point_id}.")
+        if point is None or point.kind != kind:
+            family = "VM" if kind == "vm" else "agent"
+            raise ApiError(404, f"No {family} restore point {point_id}.")
         return point
 
     async def _mount(self, request: Request, point_id: str, number: str) -> Mount:
         session = await self._session(request)
-        point = await self._restore_point(point_id)
+        point = await self._restore_point(request, point_id)
         mount_number = _mount_number(number)
         try:
             mount = await run_in_threadpool(
@@ -480,23 +474,7 @@ class _Api:
         return rep.mount(urls, mount.restore_point, mount.number, roots)
 
     def _task_tree(self, request: Request, task: Task) -> Node:
-        urls = _urls(request)
-        related: list[Link] = []
-        point = self.services.catalog.get(task.restore_point_id) if task.restore_point_id else None
-        if task.state == "Finished" and task.success and point is not None:
-            if task.operation == "MountRestorePoint" and task.mount_number is not None:
-                related.append(
-                    Link(
-                        "Related",
-                        urls.mount(point, task.mount_number),
-                        "AgentRestorePointMount",
-                        f"{point.id}@{task.mount_number}",
-                    )
-                )
-            if task.operation == "FileRestoreFromMountPoint" and task.guest_path is not None:
-                href = urls.guest(point, task.mount_number or 0, task.guest_path)
-                related.append(Link("Download", f"{href}?action=download"))
-        return rep.task(urls, task, related)
+        return task_tree(request, self.services, task)
 
 
 def _stat(mount: Mount, guest_path: str) -> GuestEntry:
@@ -510,8 +488,9 @@ def _stat(mount: Mount, guest_path: str) -> GuestEntry:
         raise ApiError(500, str(exc)) from exc
 
 
-def _entity_format(request: Request) -> bool:
-    return query(request).get("format", "").strip().lower() in ("entity", "entities")
+def _family(request: Request) -> str:
+    """Which restore point family a URL is under: ``vm`` for /vmRestorePoints, else ``agent``."""
+    return "vm" if request.scope["path"].startswith("/api/vmRestorePoints") else "agent"
 
 
 def _mount_number(text: str) -> int:

@@ -58,6 +58,8 @@ class VbkObject:
     point_type: str
     disk_names: list[str] = field(default_factory=list)
     unsupported: str | None = None
+    backup_id: str = ""
+    is_vm: bool = False
 
 
 def _parse_veeam_time(text: str | None) -> datetime | None:
@@ -144,6 +146,9 @@ def _read_object(path: Path, folder: Any) -> VbkObject:
         point_type="Increment" if incremental else "Full",
         disk_names=sorted(disks),
         unsupported=unsupported,
+        backup_id=((backup.get("Id") if backup is not None else None) or "").strip("{}"),
+        # A VM backup keeps the VM's configuration beside its disks; an agent backup does not.
+        is_vm=any(re.search(r"\.(vmx|vmcx)$", name, re.I) for name in items) or "Config" in items,
     )
 
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote
 
-from openflr.catalog import RestorePoint
+from openflr.catalog import RestorePoint, derived_id
 from openflr.engine import GuestEntry
-from openflr.representation.tree import Collection, Field, Link, LinkList, ListOf, Node
+from openflr.representation.tree import (
+    Collection,
+    Field,
+    Link,
+    LinkList,
+    ListOf,
+    Node,
+    Scalar,
+)
 from openflr.sessions import LogonSession
 from openflr.tasks import Task
 
@@ -16,7 +25,6 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "Page",
     "Urls",
-    "agents_service",
     "enterprise_manager",
     "error",
     "file_system_entries",
@@ -53,6 +61,8 @@ class Urls:
     api: str
 
     def restore_point(self, point: RestorePoint) -> str:
+        if point.kind == "vm":
+            return f"{self.api}/vmRestorePoints/{point.id}"
         return f"{self.api}/agents/agentRestorePoints/{point.id}"
 
     def mounts(self, point: RestorePoint) -> str:
@@ -109,33 +119,33 @@ def enterprise_manager(urls: Urls) -> Node:
 
 
 def logon_session(urls: Urls, session: LogonSession) -> Node:
-    """A logon session, with the catalogue of what the API offers."""
+    """A logon session, with the catalogue of what the API offers (only what openflr serves)."""
     href = urls.logon_session(session)
+    api = urls.api
+    links = [
+        Link("Up", f"{api}/", "EnterpriseManager"),
+        Link("Down", f"{api}/backupServers", "BackupServerReferenceList"),
+        Link("Down", f"{api}/backupServers?format=Entity", "BackupServerList"),
+        Link("Down", f"{api}/backups", "BackupReferenceList"),
+        Link("Down", f"{api}/backups?format=Entity", "BackupList"),
+        Link("Down", f"{api}/restorePoints", "RestorePointReferenceList"),
+        Link("Down", f"{api}/restorePoints?format=Entity", "RestorePointList"),
+        Link("Down", f"{api}/vmRestorePoints", "VmRestorePointReferenceList"),
+        Link("Down", f"{api}/vmRestorePoints?format=Entity", "VmRestorePointList"),
+        Link("Down", f"{api}/backupFiles", "BackupFileReferenceList"),
+        Link("Down", f"{api}/backupFiles?format=Entity", "BackupFileList"),
+        Link("Down", f"{api}/tasks", "TaskList"),
+        Link("Down", f"{api}/querySvc", "QueryService"),
+        Link("Down", f"{api}/lookupSvc", "LookupService"),
+        Link("Down", f"{api}/agents", "AgentsService"),
+        Link("Down", f"{api}/agents/agentRestorePoints", "AgentRestorePointReferenceList"),
+        Link("Down", f"{api}/agents/agentRestorePoints?format=Entity", "AgentRestorePointList"),
+        Link("Delete", href, "LogonSession"),
+    ]
     return Node(
         "LogonSession",
         {"Href": href, "Type": "LogonSession"},
-        [
-            LinkList(
-                [
-                    Link("Up", f"{urls.api}/", "EnterpriseManager"),
-                    Link("Down", f"{urls.api}/tasks", "TaskList"),
-                    Link("Down", f"{urls.api}/agents", "AgentsService"),
-                    Link(
-                        "Down",
-                        f"{urls.api}/agents/agentRestorePoints",
-                        "AgentRestorePointReferenceList",
-                    ),
-                    Link(
-                        "Down",
-                        f"{urls.api}/agents/agentRestorePoints?format=Entity",
-                        "AgentRestorePointList",
-                    ),
-                    Link("Delete", href, "LogonSession"),
-                ]
-            ),
-            Field("UserName", session.user_name),
-            Field("SessionId", session.id),
-        ],
+        [LinkList(links), Field("UserName", session.user_name), Field("SessionId", session.id)],
     )
 
 
@@ -143,81 +153,81 @@ def logon_sessions(urls: Urls, sessions: list[LogonSession]) -> Collection:
     return Collection("LogonSessions", "LogonSessions", [logon_session(urls, s) for s in sessions])
 
 
-def agents_service(urls: Urls) -> Node:
-    """``GET /agents``: the way to agent restore points."""
-    base = f"{urls.api}/agents"
-    return Node(
-        "Agents",
-        {"Href": base, "Type": "AgentsService"},
-        [
-            LinkList(
-                [
-                    Link("Down", f"{base}/agentRestorePoints", "AgentRestorePointReferenceList"),
-                    Link(
-                        "Down", f"{base}/agentRestorePoints?format=Entity", "AgentRestorePointList"
-                    ),
-                ]
-            )
-        ],
-    )
+def point_type_name(point: RestorePoint) -> str:
+    """``AgentRestorePoint`` or ``VmRestorePoint``: the type a point's names derive from."""
+    return "VmRestorePoint" if point.kind == "vm" else "AgentRestorePoint"
 
 
-def restore_point_reference(urls: Urls, point: RestorePoint, tag: str = "Ref") -> Node:
+def restore_point_reference(
+    urls: Urls, point: RestorePoint, up: Sequence[Link] = (), tag: str = "Ref"
+) -> Node:
     """A restore point as a reference (``<Ref>`` in a list, ``<EntityRef>`` alone)."""
     href = urls.restore_point(point)
+    kind = point_type_name(point)
     return Node(
         tag,
         {
-            "UID": f"urn:veeam:AgentRestorePoint:{point.id}",
+            "UID": f"urn:veeam:{kind}:{point.id}",
             "Name": point.name,
             "Href": href,
-            "Type": "AgentRestorePointReference",
+            "Type": f"{kind}Reference",
         },
-        [LinkList([Link("Alternate", f"{href}?format=Entity", "AgentRestorePoint", point.name)])],
+        [LinkList([*up, Link("Alternate", f"{href}?format=Entity", kind, point.name)])],
     )
 
 
-def restore_point_references(urls: Urls, points: list[RestorePoint]) -> Collection:
+def restore_point_references(
+    urls: Urls, points: Sequence[RestorePoint], up: Callable[[RestorePoint], list[Link]]
+) -> Collection:
     return Collection(
-        "EntityReferences", "Refs", [restore_point_reference(urls, p) for p in points]
+        "EntityReferences", "Refs", [restore_point_reference(urls, p, up(p)) for p in points]
     )
 
 
-def restore_point_entity(urls: Urls, point: RestorePoint) -> Node:
+def restore_point_entity(urls: Urls, point: RestorePoint, up: Sequence[Link] = ()) -> Node:
     """A restore point in full: its time, kind, and the links to mount it."""
     href = urls.restore_point(point)
-    return Node(
-        "AgentRestorePoint",
-        {
-            "Href": f"{href}?format=Entity",
-            "Type": "AgentRestorePoint",
-            "Name": point.name,
-            "UID": f"urn:veeam:AgentRestorePoint:{point.id}",
-        },
-        [
-            LinkList(
-                [
-                    Link("Alternate", href, "AgentRestorePointReference", point.name),
-                    Link("Down", urls.mounts(point), "AgentRestorePointMountList"),
-                    Link("Create", urls.mounts(point), "AgentRestorePointMount"),
-                ]
-            ),
-            Field("CreationTimeUTC", point.created),
-            Field("Algorithm", point.algorithm),
-            Field("PointType", point.point_type),
-        ],
-    )
+    kind = point_type_name(point)
+    attrs: dict[str, Scalar] = {
+        "Href": f"{href}?format=Entity",
+        "Type": kind,
+        "Name": point.name,
+        "UID": f"urn:veeam:{kind}:{point.id}",
+    }
+    children: list[Node | Field | LinkList | ListOf] = [
+        LinkList(
+            [
+                *up,
+                Link("Alternate", href, f"{kind}Reference", point.name),
+                Link("Down", urls.mounts(point), f"{kind}MountList"),
+                Link("Create", urls.mounts(point), f"{kind}Mount"),
+            ]
+        ),
+        Field("CreationTimeUTC", point.created),
+    ]
+    if point.kind == "vm":
+        attrs["VmDisplayName"] = point.machine
+        children.append(Field("VmName", point.machine))
+    children += [Field("Algorithm", point.algorithm), Field("PointType", point.point_type)]
+    if point.kind == "vm":
+        vm_id = derived_id("vm", point.machine.lower())
+        children.append(Field("HierarchyObjRef", f"urn:openflr:Vm:{vm_id}"))
+    return Node(kind, attrs, children)
 
 
-def restore_point_entities(urls: Urls, points: list[RestorePoint]) -> Collection:
-    return Collection(
-        "AgentRestorePoints", "AgentRestorePoints", [restore_point_entity(urls, p) for p in points]
-    )
+def restore_point_entities(
+    urls: Urls,
+    points: Sequence[RestorePoint],
+    up: Callable[[RestorePoint], list[Link]],
+    root: str = "AgentRestorePoints",
+) -> Collection:
+    return Collection(root, root, [restore_point_entity(urls, p, up(p)) for p in points])
 
 
 def mount(urls: Urls, point: RestorePoint, number: int, roots: list[GuestEntry]) -> Node:
     """A mount: its delete link and one FSRoot per volume root."""
     href = urls.mount(point, number)
+    kind = f"{point_type_name(point)}Mount"
     entries = [
         Node(
             "DirectoryEntry",
@@ -226,15 +236,17 @@ def mount(urls: Urls, point: RestorePoint, number: int, roots: list[GuestEntry])
         )
         for r in roots
     ]
+    delete = Link("Delete", href, kind if point.kind == "vm" else None)
     return Node(
-        "AgentRestorePointMount",
-        {"Href": href, "Type": "AgentRestorePointMount"},
-        [LinkList([Link("Delete", href)]), ListOf("FSRoots", "DirectoryEntries", entries)],
+        kind,
+        {"Href": href, "Type": kind},
+        [LinkList([delete]), ListOf("FSRoots", "DirectoryEntries", entries)],
     )
 
 
-def mounts(urls: Urls, items: list[Node]) -> Collection:
-    return Collection("AgentRestorePointMounts", "AgentRestorePointMounts", items)
+def mounts(point_kind: str, items: list[Node]) -> Collection:
+    root = "VmRestorePointMounts" if point_kind == "vm" else "AgentRestorePointMounts"
+    return Collection(root, root, items)
 
 
 def _listing_href(
@@ -253,7 +265,7 @@ def _parent(path: str) -> str | None:
 def _up_link(urls: Urls, point: RestorePoint, number: int, path: str) -> Link:
     parent = _parent(path)
     if parent is None:
-        return Link("Up", urls.mount(point, number), "AgentRestorePointMount")
+        return Link("Up", urls.mount(point, number), f"{point_type_name(point)}Mount")
     return Link("Up", _listing_href(urls, point, number, parent, "listAll", 100, 1))
 
 
