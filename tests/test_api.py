@@ -220,7 +220,7 @@ def test_restore_to_original_location_is_refused_with_the_reason(
 
 def test_malformed_restore_bodies_get_400(client: EmClient, mounted: dict[str, object]) -> None:
     url = f"{mounted['Href']}/C:/hello.txt?action=restore"
-    headers = {"X-RestSvcSessionId": client.token or ""}
+    headers = {"X-RestSvcSessionId": client.token or "", "Accept": "application/xml"}
     bomb = (
         b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY a "aaaa">]>'
         b"<FileRestoreSpec>&a;</FileRestoreSpec>"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -46,7 +47,11 @@ DataDir = Annotated[
 
 
 def _services(
-    data_dir: Path, repositories: list[Path], timeout: float = 900.0, secure: bool = True
+    data_dir: Path,
+    repositories: list[Path],
+    timeout: float = 900.0,
+    secure: bool = True,
+    public_url: str | None = None,
 ) -> object:
     from openflr.services import Services, Settings
 
@@ -56,6 +61,7 @@ def _services(
             repositories=repositories,
             session_timeout=timeout,
             secure_cookies=secure,
+            public_url=public_url,
         )
     )
 
@@ -112,6 +118,14 @@ def serve(
     session_timeout: Annotated[
         float, typer.Option("--session-timeout", help="Idle seconds before a logon session ends.")
     ] = 900.0,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            "--public-url",
+            help="Base URL for every Href (e.g. https://flr.example:9398)"
+            "; default: the scheme and Host header of each request.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Serve the Enterprise Manager REST API over the repositories."""
@@ -130,7 +144,10 @@ def serve(
         typer.echo("openflr: --session-timeout must be more than 0", err=True)
         raise typer.Exit(2)
 
-    services = _services(data_dir, repositories, session_timeout, secure=not http)
+    if public_url is not None and not re.match(r"^https?://[^/\s]+/?$", public_url):
+        typer.echo("openflr: --public-url must look like https://host:port", err=True)
+        raise typer.Exit(2)
+    services = _services(data_dir, repositories, session_timeout, not http, public_url)
     assert isinstance(services, Services)
     user_line = _ensure_initial_user(services, data_dir)
 

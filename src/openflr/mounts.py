@@ -43,6 +43,9 @@ class MountService:
         self.tasks = tasks
         self._opened: dict[int, OpenedRestorePoint] = {}
         self._lock = threading.Lock()
+        # Mount records change under this lock: numbering reads the highest number and inserts
+        # the next, and an unmount must find a live record exactly once.
+        self._records = threading.Lock()
 
     def start_mount(self, session_id: str, point: RestorePoint) -> Task:
         """Start the task that mounts a restore point for a logon session."""
@@ -94,7 +97,7 @@ class MountService:
 
     def unmount(self, session_id: str, point: RestorePoint, number: int) -> bool:
         """Unmount; returns False if this session has no such mount."""
-        with self.db.session() as session:
+        with self._records, self.db.session() as session:
             row = session.scalars(
                 select(MountRow).where(
                     MountRow.restore_point_id == point.id,
@@ -112,7 +115,7 @@ class MountService:
 
     def release_session(self, session_id: str) -> None:
         """Unmount everything a logon session owned."""
-        with self.db.session() as session:
+        with self._records, self.db.session() as session:
             rows = session.scalars(
                 select(MountRow).where(
                     MountRow.session_id == session_id, MountRow.released.is_(False)
@@ -150,7 +153,11 @@ class MountService:
             opened.close()
             return TaskOutcome(False, "Cancelled")
 
-        number = self._record(session_id, point, opened)
+        try:
+            number = self._record(session_id, point, opened)
+        except Exception:
+            opened.close()
+            raise
         if number is None:
             opened.close()
             return TaskOutcome(False, "The logon session ended before the mount finished")
@@ -170,7 +177,7 @@ class MountService:
     def _record(
         self, session_id: str, point: RestorePoint, opened: OpenedRestorePoint
     ) -> int | None:
-        with self.db.session() as session:
+        with self._records, self.db.session() as session:
             if session.get(LogonSessionRow, session_id) is None:
                 return None
             highest = session.scalar(

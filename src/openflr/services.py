@@ -28,6 +28,7 @@ class Settings:
     catalog_max_age: float = 60.0
     task_workers: int = 4
     secure_cookies: bool = True
+    public_url: str | None = None
 
 
 @dataclass

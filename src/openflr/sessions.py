@@ -8,7 +8,9 @@ import hmac
 import logging
 import re
 import secrets
+import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -71,7 +73,10 @@ class UserService:
             ValueError: the name or the password is not acceptable.
         """
         if not _USER_NAME.match(name):
-            raise ValueError(f"invalid user name {name!r}: use letters, digits, '.', '-' or '_'")
+            raise ValueError(
+                f"invalid user name {name!r}: 1 to 256 characters, without control characters, "
+                "'\\', '/', '@' or ':' (those separate domain and account names at logon)"
+            )
         if not password:
             raise ValueError("the password is empty")
 
@@ -120,6 +125,31 @@ class SessionService:
         self.db = db
         self.timeout = timedelta(seconds=timeout)
         self.on_end = on_end
+        # Sessions with a request in flight (a long download, say) are not idle, however long
+        # ago the request started: ending them would cut the download off.
+        self._busy: Counter[str] = Counter()
+        self._busy_lock = threading.Lock()
+
+    def hold(self, session_id: str) -> None:
+        """Mark a request of the session as in flight."""
+        with self._busy_lock:
+            self._busy[session_id] += 1
+
+    def release(self, session_id: str, touch: bool) -> None:
+        """Mark a request of the session as done; ``touch`` restarts its idle time."""
+        with self._busy_lock:
+            self._busy[session_id] -= 1
+            if self._busy[session_id] <= 0:
+                del self._busy[session_id]
+        if touch:
+            with self.db.session() as session:
+                row = session.get(LogonSessionRow, session_id)
+                if row is not None:
+                    row.last_seen = utcnow()
+
+    def _is_busy(self, session_id: str) -> bool:
+        with self._busy_lock:
+            return self._busy.get(session_id, 0) > 0
 
     def create(self, user_name: str) -> tuple[LogonSession, str]:
         """Start a logon session for an authenticated user.
@@ -150,7 +180,7 @@ class SessionService:
             ).first()
             if row is None or not hmac.compare_digest(row.token_hash, wanted):
                 return None
-            if now - as_utc(row.last_seen) > self.timeout:
+            if now - as_utc(row.last_seen) > self.timeout and not self._is_busy(row.id):
                 expired_id = row.id
             else:
                 row.last_seen = now
@@ -182,7 +212,7 @@ class SessionService:
             ids = [
                 row.id
                 for row in session.scalars(select(LogonSessionRow)).all()
-                if as_utc(row.last_seen) < limit
+                if as_utc(row.last_seen) < limit and not self._is_busy(row.id)
             ]
         for session_id in ids:
             self.end(session_id, reason="idle timeout")

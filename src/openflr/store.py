@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     DateTime,
-    ForeignKey,
     Integer,
     String,
     Text,
@@ -66,6 +65,9 @@ class LogonSessionRow(Base):
 
 class TaskRow(Base):
     __tablename__ = "tasks"
+    # AUTOINCREMENT: a removed task's number is never handed out again, so a client still
+    # holding task-7 can never read somebody else's task-7.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(String(36), index=True)
@@ -87,9 +89,9 @@ class MountRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     restore_point_id: Mapped[str] = mapped_column(String(36), index=True)
     number: Mapped[int] = mapped_column(Integer)
-    session_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("logon_sessions.id", ondelete="SET NULL"), nullable=True, index=True
-    )
+    # No foreign key: a mount must keep naming its session after the session row is gone,
+    # so that ending the session can find and release the mount.
+    session_id: Mapped[str] = mapped_column(String(36), index=True)
     released: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -51,7 +51,7 @@ def parse_task_id(text: str) -> int | None:
     text = text.strip().lower()
     if text.startswith("task-"):
         text = text[5:]
-    return int(text) if text.isdigit() and len(text) < 18 else None
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 18 else None
 
 
 class TaskService:
@@ -168,8 +168,10 @@ class TaskService:
             outcome = work(number)
         except Exception as exc:  # a task reports its failure; it never kills the worker
             log.exception("task task-%d failed unexpectedly", number)
-            outcome = TaskOutcome(False, f"Internal error: {type(exc).__name__}: {exc}")
+            outcome = TaskOutcome(False, f"Internal error ({type(exc).__name__}); see the log.")
         self._finish(number, outcome)
+        with self._lock:
+            self._cancelled.discard(number)
 
     def _finish(self, number: int, outcome: TaskOutcome) -> None:
         with self.db.session() as session:

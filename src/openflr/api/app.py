@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -45,8 +45,8 @@ from openflr.mounts import Mount, MountGone
 from openflr.representation import Node
 from openflr.representation import resources as rep
 from openflr.services import Services
-from openflr.sessions import LogonSession
-from openflr.tasks import Task, parse_task_id
+from openflr.sessions import LogonSession, SessionService
+from openflr.tasks import Task, TaskOutcome, parse_task_id
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ __all__ = ["create_app"]
 
 SESSION_HEADER = "X-RestSvcSessionId"
 MAX_PAGE_SIZE = 10_000
+_MAX_INT32 = 2**31 - 1
 _VERSION = re.compile(r"^(latest|v?\d+([._]\d+)*)$", re.I)
 _ACTIONS = {"listall": "listAll", "listdirs": "listDirs", "listfiles": "listFiles"}
 _request_ids = itertools.count(1)
@@ -89,13 +90,14 @@ def create_app(services: Services) -> FastAPI:
         openapi_url="/openapi.json",
         redirect_slashes=False,
     )
+    app.state.public_url = services.settings.public_url
     api = _Api(services)
     api.register(app)
     app.add_exception_handler(ApiError, _render_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _render_http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _render_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _render_unexpected)
-    app.add_middleware(_RequestLog)
+    app.add_middleware(_RequestLog, sessions=services.sessions)
     app.add_middleware(_CanonicalPath)
     return app
 
@@ -104,16 +106,19 @@ async def _render_error(request: Request, exc: ApiError) -> Response:
     headers = dict(exc.headers)
     if exc.status == 401:
         headers.setdefault("WWW-Authenticate", "Basic Realm=RestSvc")
-    return respond(request, rep.error(exc.status, exc.message), exc.status, headers=headers)
+    tree = rep.error(exc.status, exc.message)
+    return respond(request, tree, exc.status, body_kind=exc.body_kind, headers=headers)
 
 
 async def _render_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    method = request.scope.get("openflr.method", request.method)
     messages = {
         404: "No resource at this URL.",
-        405: f"The {request.method} method is not supported on this resource.",
+        405: f"The {method} method is not supported on this resource.",
     }
     message = messages.get(exc.status_code, str(exc.detail))
-    return await _render_error(request, ApiError(exc.status_code, message))
+    headers = dict(exc.headers or {})
+    return await _render_error(request, ApiError(exc.status_code, message, headers))
 
 
 async def _render_validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -153,7 +158,6 @@ class _Api:
             add(mounts + "/{number}", self.delete_mount, methods=["DELETE"], status_code=204)
             guest = mounts + "/{number}/{guest_path:guestpath}"
             add(guest, self.browse, methods=["GET"])
-            add(guest, self.browse, methods=["HEAD"], include_in_schema=False)
             add(guest, self.post_guest_path, methods=["POST"])
         Inventory(self.services, self._session).register(app)
         add("/api/tasks", self.list_tasks, methods=["GET"])
@@ -277,6 +281,12 @@ class _Api:
         params = query(request)
         action = (params.get("action") or "").strip()
         if not guest_path and "/" not in mount.opened.files.roots:
+            if action:
+                raise ApiError(
+                    400,
+                    f"Name a folder or file after the mount for action={action}: "
+                    "…/mounts/{n}/C:/path.",
+                )
             return respond(request, self._mount_tree(urls_of(request), mount))
 
         entry = await run_in_threadpool(_stat, mount, guest_path or "/")
@@ -328,11 +338,9 @@ class _Api:
     def _start_restore(self, request: Request, mount: Mount, entry: GuestEntry) -> Task:
         files = mount.opened.files
 
-        def work(_task_number: int) -> Any:
-            from openflr.tasks import TaskOutcome
-
+        def work(_task_number: int) -> TaskOutcome:
             try:
-                files.stat(entry.path)
+                files.check_readable(entry.path)
             except EngineError as exc:
                 return TaskOutcome(False, str(exc))
             return TaskOutcome(True, "Ok")
@@ -349,7 +357,7 @@ class _Api:
 
     async def _download(self, request: Request, mount: Mount, entry: GuestEntry) -> Response:
         files = mount.opened.files
-        head = request.method == "HEAD"
+        head = request.scope.get("openflr.method") == "HEAD"
         if entry.kind == "dir":
             zip_name = (entry.name.rstrip(":/") or "root") + ".zip"
             log.info(
@@ -358,7 +366,7 @@ class _Api:
                 mount.restore_point.id,
                 mount.number,
             )
-            return await run_in_threadpool(folder_response, files, entry, zip_name)
+            return await run_in_threadpool(folder_response, files, entry, zip_name, head)
         if entry.kind == "symlink":
             raise ApiError(400, f"{entry.path} is a symbolic link; download its target instead.")
         log.info(
@@ -443,7 +451,11 @@ class _Api:
         for token in dict.fromkeys(tokens):
             session = await run_in_threadpool(self.services.sessions.authenticate, token)
             if session is not None:
-                request.scope.setdefault("state", {})["session_id"] = session.id
+                state = request.scope.setdefault("state", {})
+                state["session_id"] = session.id
+                if not state.get("session_held"):
+                    self.services.sessions.hold(session.id)
+                    state["session_held"] = True
                 return session
         raise ApiError(401, "The logon session has expired or does not exist; log on again.")
 
@@ -494,7 +506,7 @@ def _family(request: Request) -> str:
 
 
 def _mount_number(text: str) -> int:
-    if not text.isdigit() or len(text) > 9:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
         raise ApiError(404, f"No mount {text!r}: mount ids are numbers.")
     return int(text)
 
@@ -507,8 +519,8 @@ def _positive_int(params: dict[str, str], key: str, default: int) -> int:
         value = int(raw.strip())
     except ValueError:
         raise ApiError(400, f"{key} must be a whole number, not {raw!r}.") from None
-    if value < 1:
-        raise ApiError(400, f"{key} must be 1 or more, not {value}.")
+    if not 1 <= value <= _MAX_INT32:
+        raise ApiError(400, f"{key} must be from 1 to {_MAX_INT32}, not {value}.")
     return value
 
 
@@ -527,7 +539,7 @@ def _basic_credentials(request: Request) -> tuple[str, str]:
     if scheme.lower() != "basic" or not value.strip():
         raise ApiError(401, "Log on with HTTP Basic authentication.")
     try:
-        decoded = base64.b64decode(value.strip(), validate=False).decode("utf-8")
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         raise ApiError(401, "The Basic authorization header cannot be decoded.") from None
     name, sep, password = decoded.partition(":")
@@ -564,6 +576,19 @@ class _CanonicalPath:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            # HEAD is GET without the body, on every resource: route it as GET and drop the
+            # body on the way out (downloads see the flag and do not open the file at all).
+            scope["method"] = "GET"
+            scope["openflr.method"] = "HEAD"
+            original_send = send
+
+            async def send_headers_only(message: Any) -> None:
+                if message["type"] == "http.response.body":
+                    message = {**message, "body": b""}
+                await original_send(message)
+
+            send = send_headers_only
         if scope["type"] == "http":
             raw = scope.get("raw_path")
             if raw:
@@ -593,8 +618,9 @@ class _CanonicalPath:
 class _RequestLog:
     """One INFO line per request: id, method, path, status, time, logon session."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, sessions: SessionService) -> None:
         self.app = app
+        self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -619,16 +645,25 @@ class _RequestLog:
         try:
             await self.app(scope, receive, send_logged)
         finally:
-            session_id = scope.get("state", {}).get("session_id", "-")
+            state = scope.get("state", {})
+            session_id = state.get("session_id", "-")
+            elapsed = time.monotonic() - started
+            if state.get("session_held"):
+                await run_in_threadpool(self.sessions.release, session_id, elapsed > 1.0)
             client = scope.get("client") or ("-", 0)
             log.info(
                 "request %d %s %s %s %d %d bytes %.1f ms session %s",
                 request_id,
                 client[0],
-                scope["method"],
-                scope["path"],
+                scope.get("openflr.method", scope["method"]),
+                _printable(scope.get("raw_path") or scope["path"].encode("utf-8", "replace")),
                 status,
                 sent,
-                (time.monotonic() - started) * 1000,
+                elapsed * 1000,
                 session_id,
             )
+
+
+def _printable(raw: bytes) -> str:
+    """A request path as it came, percent-encoded: a log line it cannot break or forge."""
+    return quote(raw.decode("latin-1"), safe="/:@!$&'()*+,;=-._~%")

@@ -29,8 +29,13 @@ _SERVER = this_server()
 
 
 def urls_of(request: Request) -> rep.Urls:
-    """The API's URLs on the scheme and host the client used."""
-    base = str(request.base_url).rstrip("/")
+    """The API's URLs: on ``--public-url`` when set, else on the scheme and host the client used.
+
+    Behind a proxy, or where clients must not be steered by their own Host header, set the
+    public URL; the Host header then plays no part in any Href.
+    """
+    public = getattr(request.app.state, "public_url", None)
+    base = (public or str(request.base_url)).rstrip("/")
     return rep.Urls(api=f"{base}/api")
 
 

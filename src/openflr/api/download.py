@@ -159,16 +159,22 @@ class _Sink:
         return data
 
 
-def folder_response(files: GuestFileSystem, folder: GuestEntry, zip_name: str) -> Response:
+def folder_response(
+    files: GuestFileSystem, folder: GuestEntry, zip_name: str, head: bool = False
+) -> Response:
     """Stream a guest folder as a zip (stored, zip64 where sizes need it).
 
-    Files that cannot be read do not stop the download: they are listed, with the reason, in
-    ``openflr-errors.txt`` at the end of the zip.
+    Nothing below the folder stops the download: files and folders that cannot be read, and
+    names a zip cannot carry as they are, are listed with the reason in ``openflr-errors.txt``
+    at the end of the zip.
     """
     try:
         files.list_folder(folder.path)
     except EngineError as exc:
         raise ApiError(500, str(exc)) from exc
+    headers = {"Content-Disposition": content_disposition(zip_name)}
+    if head:
+        return Response(status_code=200, headers=headers, media_type="application/zip")
     prefix_length = len(folder.path.rstrip("/")) + 1
 
     def chunks() -> Iterator[bytes]:
@@ -179,25 +185,29 @@ def folder_response(files: GuestFileSystem, folder: GuestEntry, zip_name: str) -
         )
         started = time.monotonic()
         count = 0
-        for entry in files.walk(folder.path):
-            name = entry.path[prefix_length:]
-            if entry.kind == "dir":
-                info = zipfile.ZipInfo(name + "/", _zip_time(entry.mtime))
-                info.external_attr = 0o40755 << 16 | 0x10
-                archive.writestr(info, b"")
-            elif entry.kind == "file":
-                yield from _add_file(archive, files, entry, name, sink, errors)
-                count += 1
-            else:
-                # TODO: store symbolic links as links in the zip instead of leaving them out.
-                errors.append(f"{name}: symbolic link, not followed")
+        for entry in _walk(files, folder.path, errors):
+            name = _zip_name(entry.path[prefix_length:], errors)
+            try:
+                if entry.kind == "dir":
+                    info = zipfile.ZipInfo(name + "/", _zip_time(entry.mtime))
+                    info.external_attr = 0o40755 << 16 | 0x10
+                    archive.writestr(info, b"")
+                elif entry.kind == "file":
+                    yield from _add_file(archive, files, entry, name, sink, errors)
+                    count += 1
+                else:
+                    # TODO: store symbolic links as links in the zip instead of leaving them out.
+                    errors.append(f"{name}: symbolic link, not followed")
+            except Exception as exc:  # one bad entry must not end the whole download
+                log.warning("zip of %r: entry %r failed: %s", folder.path, name, exc)
+                errors.append(f"{name}: {type(exc).__name__}: {exc}")
             yield from _drain(sink, force=False)
         if errors:
             archive.writestr("openflr-errors.txt", "\n".join(errors) + "\n")
         archive.close()
         yield from _drain(sink, force=True)
         log.info(
-            "zip of %s: %d files, %d bytes, %d errors, %.2f s",
+            "zip of %r: %d files, %d bytes, %d errors, %.2f s",
             folder.path,
             count,
             sink.offset,
@@ -205,11 +215,32 @@ def folder_response(files: GuestFileSystem, folder: GuestEntry, zip_name: str) -
             time.monotonic() - started,
         )
 
-    return StreamingResponse(
-        chunks(),
-        media_type="application/zip",
-        headers={"Content-Disposition": content_disposition(zip_name)},
-    )
+    return StreamingResponse(chunks(), media_type="application/zip", headers=headers)
+
+
+def _walk(files: GuestFileSystem, path: str, errors: list[str]) -> Iterator[GuestEntry]:
+    """Every entry below a folder, depth first; a folder that cannot be read is noted, skipped."""
+    try:
+        entries = files.list_folder(path)
+    except EngineError as exc:
+        errors.append(f"{path}: {exc}")
+        return
+    for entry in entries:
+        yield entry
+        if entry.kind == "dir":
+            yield from _walk(files, entry.path, errors)
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _zip_name(name: str, errors: list[str]) -> str:
+    """A name a zip can carry: UTF-8, with forward slashes only as folder separators."""
+    safe = _SURROGATES.sub("\ufffd", name).replace("\\", "_")
+    if safe != name:
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        errors.append(f'{safe}: stored under this name; the guest\'s name is "{shown}"')
+    return safe
 
 
 def _drain(sink: _Sink, force: bool) -> Iterator[bytes]:

@@ -14,8 +14,17 @@ class ApiError(Exception):
         headers: Extra response headers (``WWW-Authenticate`` on 401, ``Content-Range`` on 416).
     """
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        body_kind: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        # The format of the request body, where known: it picks the error's format when the
+        # client sent no Accept of its own.
+        self.body_kind = body_kind

@@ -44,7 +44,7 @@ def body_kind(raw: bytes) -> str | None:
         return None
     if text[:1] == b"<":
         return "xml"
-    if text[:1] in (b"{", b"["):
+    if text[:1] in (b"{", b"[", b'"') or text[:4] in (b"null", b"true") or text[:5] == b"false":
         return "json"
     raise ApiError(400, "The request body is neither XML nor JSON.")
 
@@ -73,9 +73,9 @@ def parse_body(raw: bytes) -> tuple[str | None, dict[str, Any]]:
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError) as exc:
-            raise ApiError(400, f"The JSON body is malformed: {exc}") from exc
+            raise ApiError(400, f"The JSON body is malformed: {exc}", body_kind="json") from exc
         if not isinstance(data, dict):
-            raise ApiError(400, "The JSON body must be an object.")
+            raise ApiError(400, "The JSON body must be an object.", body_kind="json")
         return kind, data
 
     if b"<!DOCTYPE" in raw.upper() or b"<!ENTITY" in raw.upper():

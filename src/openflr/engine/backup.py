@@ -7,6 +7,7 @@ References:
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from collections.abc import Callable
@@ -80,7 +81,8 @@ def _open_vbk(path: Path) -> Any:
         return VBK(fh)
     except Exception as exc:
         fh.close()
-        raise BackupError(f"{path.name}: not a readable Veeam backup file ({exc})") from exc
+        reason = str(exc) or type(exc).__name__
+        raise BackupError(f"{path.name}: not a readable Veeam backup file ({reason})") from exc
 
 
 def read_vbk_objects(path: Path) -> list[VbkObject]:
@@ -179,6 +181,26 @@ def open_vbk_disks(path: Path, folder: str) -> tuple[list[Disk], Callable[[], No
     return disks, vbk.fh.close
 
 
+def _close_files(root: object, depth: int = 4) -> None:
+    """Close every OS-level file reachable from ``root`` through attributes and containers."""
+    seen: set[int] = set()
+    pending: list[tuple[object, int]] = [(root, 0)]
+    while pending:
+        item, level = pending.pop()
+        if id(item) in seen or level > depth:
+            continue
+        seen.add(id(item))
+        if isinstance(item, (io.BufferedReader, io.FileIO)):
+            item.close()
+            continue
+        if isinstance(item, (list, tuple, set)):
+            pending.extend((child, level + 1) for child in item)
+        elif isinstance(item, dict):
+            pending.extend((child, level + 1) for child in item.values())
+        elif hasattr(item, "__dict__") and not isinstance(item, type):
+            pending.extend((child, level + 1) for child in vars(item).values())
+
+
 def open_image_disks(paths: list[Path]) -> tuple[list[Disk], Callable[[], None]]:
     """Open disk image files (raw, VHD, VHDX, VMDK, QCOW2) as disks.
 
@@ -196,6 +218,9 @@ def open_image_disks(paths: list[Path]) -> tuple[list[Disk], Callable[[], None]]
                 item.close()
             except Exception:  # closing is best effort; the data is only ever read
                 log.debug("closing %r failed", item, exc_info=True)
+            # Several dissect containers leave their image files open on close(); find the
+            # files they hold and close them, or every unmount leaks descriptors.
+            _close_files(item)
 
     try:
         for path in paths:

@@ -13,11 +13,13 @@ import threading
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
 
 from openflr.engine.backup import Disk
 from openflr.engine.errors import (
+    EngineError,
     GuestFileUnreadable,
     GuestPathInvalid,
     GuestPathNotFound,
@@ -214,9 +216,9 @@ class GuestFileSystem:
                 mtime=None,
             )
         volume, inner = _volume_for(root, parts)
-        with self.lock:
+        with self.lock, _damage_reported(guest_path):
             entry = self._fs_entry(volume, inner, guest_path)
-            return _to_entry(guest_path, parts[-1], entry.lstat(), entry)
+            return _to_entry(guest_path, parts[-1], entry.lstat(), volume.fs_type)
 
     def list_folder(self, path: str) -> list[GuestEntry]:
         """Return the entries of a folder: files first, then folders, each sorted by name.
@@ -232,7 +234,8 @@ class GuestFileSystem:
             if cached is not None:
                 self._listings.move_to_end(guest_path)
                 return cached
-            entries = self._list_uncached(root, parts, guest_path)
+            with _damage_reported(guest_path):
+                entries = self._list_uncached(root, parts, guest_path)
             self._remember(guest_path, entries)
             return entries
 
@@ -249,15 +252,40 @@ class GuestFileSystem:
         if not parts or tuple(parts) in root.mounts:
             raise IsAFolder(guest_path)
         volume, inner = _volume_for(root, parts)
-        with self.lock:
+        with self.lock, _damage_reported(guest_path):
             entry = self._fs_entry(volume, inner, guest_path)
             if stat_module.S_ISDIR(entry.lstat().st_mode):
                 raise IsAFolder(guest_path)
             try:
                 fh = entry.open()
-            except Exception as exc:
-                raise GuestFileUnreadable(guest_path, str(exc) or type(exc).__name__) from exc
+            except (FileNotFoundError, NotADirectoryError) as exc:
+                raise GuestPathNotFound(guest_path) from exc
             return GuestFileStream(fh, self.lock, guest_path)
+
+    def check_readable(self, path: str) -> None:
+        """Check cheaply that a file's data is there to its end, or that a folder lists.
+
+        A truncated backup shows a file's size but has no data at its end; reading the last
+        byte finds that before a download starts and then breaks off.
+
+        Raises:
+            EngineError: the path is missing, or its data cannot be read.
+        """
+        entry = self.stat(path)
+        if entry.kind == "dir":
+            self.list_folder(entry.path)
+            return
+        if entry.kind != "file" or entry.size == 0:
+            return
+        stream = self.open(entry.path)
+        try:
+            stream.seek(entry.size - 1)
+            if len(stream.read(1)) != 1:
+                raise GuestFileUnreadable(
+                    entry.path, "its data ends before its size; the backup is truncated or damaged"
+                )
+        finally:
+            stream.close()
 
     def walk(self, path: str) -> Iterator[GuestEntry]:
         """Yield every entry below a folder, depth first, never following symbolic links."""
@@ -300,6 +328,12 @@ class GuestFileSystem:
         return root, parts
 
     def _fs_entry(self, volume: Volume, inner: list[str], guest_path: str) -> Any:
+        if volume.fs_type in _WINDOWS_FS and any(":" in part for part in inner):
+            # No Windows file name holds a colon; "name:stream" asks for an alternate data
+            # stream, which is not a file of its own here.
+            raise GuestPathNotFound(guest_path)
+        if volume.fs_type == "ntfs" and len(inner) == 1 and inner[0] in _NTFS_METAFILES:
+            raise GuestPathNotFound(guest_path)  # hidden from listings, so not reachable either
         fs_path = "/" + "/".join(inner)
         try:
             return volume.fs.get(fs_path)
@@ -331,7 +365,9 @@ class GuestFileSystem:
                 continue
             child_path = _join(root.name, [*parts, name])
             try:
-                item = _to_entry(child_path, name, child.stat(follow_symlinks=False), child)
+                item = _to_entry(
+                    child_path, name, child.stat(follow_symlinks=False), volume.fs_type
+                )
             except Exception as exc:
                 log.warning("%s: cannot read entry: %s", child_path, exc)
                 continue
@@ -363,6 +399,20 @@ class GuestFileSystem:
         while self._listed_entries > _LISTING_CACHE_ENTRIES and len(self._listings) > 1:
             _, dropped = self._listings.popitem(last=False)
             self._listed_entries -= len(dropped)
+
+
+@contextmanager
+def _damage_reported(guest_path: str) -> Iterator[None]:
+    """Turn what a damaged volume makes the libraries raise into a clear per-path error."""
+    try:
+        yield
+    except EngineError:
+        raise
+    except Exception as exc:
+        log.warning("%r: unreadable: %s: %s", guest_path, type(exc).__name__, exc)
+        raise GuestFileUnreadable(
+            guest_path, f"the volume's data is damaged or unreadable ({type(exc).__name__})"
+        ) from exc
 
 
 class GuestFileStream:
@@ -417,7 +467,11 @@ class _ClosedStream:
     read = seek
 
 
-def _to_entry(guest_path: str, name: str, st: Any, entry: Any) -> GuestEntry:
+# The times a guest entry may show: 1601-01-01 (the Windows epoch) to 9999-12-31.
+_EARLIEST, _LATEST = -11_644_473_600, 253_402_300_799
+
+
+def _to_entry(guest_path: str, name: str, st: Any, fs_type: str) -> GuestEntry:
     mode = st.st_mode
     if stat_module.S_ISLNK(mode):
         kind: EntryKind = "symlink"
@@ -425,11 +479,27 @@ def _to_entry(guest_path: str, name: str, st: Any, entry: Any) -> GuestEntry:
         kind = "dir"
     else:
         kind = "file"
-    mtime = getattr(st, "st_mtime", None)
-    if mtime is not None and mtime < -11_000_000_000:
-        mtime = None  # a zero Windows FILETIME: no time recorded
     size = int(st.st_size or 0) if kind != "dir" else 0
-    return GuestEntry(path=guest_path, name=name, kind=kind, size=size, mtime=mtime)
+    return GuestEntry(
+        path=guest_path,
+        name=name,
+        kind=kind,
+        size=size,
+        mtime=_guest_time(getattr(st, "st_mtime", None), fs_type),
+    )
+
+
+def _guest_time(mtime: float | None, fs_type: str) -> float | None:
+    """A modification time as the guest meant it, or None where none was recorded."""
+    if mtime is None:
+        return None
+    if fs_type == "ext" and (int(mtime) % 2**32) >= 2**31:
+        # ext stores the low 32 bits of seconds signed (dates before 1970 are negative), plus
+        # epoch bits above them; dissect reads those 32 bits unsigned, 2**32 seconds too late.
+        mtime -= 2**32
+    if not _EARLIEST < mtime <= _LATEST:
+        return None  # a zero Windows FILETIME, or a damaged time: no usable time recorded
+    return mtime
 
 
 def _join(root_name: str, parts: list[str]) -> str:

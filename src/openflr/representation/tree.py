@@ -173,9 +173,16 @@ def to_xml(tree: Node | Collection) -> bytes:
     return "".join(out).encode("utf-8")
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 def _scalar_json(value: Scalar) -> object:
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, str):
+        # A name that is no valid UTF-8 on the guest reaches here with lone surrogates, which
+        # strict JSON parsers refuse; the entry's Href still names the file byte for byte.
+        return _SURROGATES.sub("\ufffd", value)
     return value
 
 

@@ -1,0 +1,278 @@
+"""What broke when someone tried hard: ids, races, leaks, damaged images, odd requests."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from lxml import etree
+
+from tests.conftest import PASSWORD, USER, Server, sha256_file
+from tests.emclient import NS, EmClient, link
+from tests.fixtures import images
+from tests.test_flow import walk_to
+
+
+def message(response: httpx.Response) -> str:
+    return str(etree.fromstring(response.content).get("Message"))
+
+
+def open_files(server: Server) -> list[str]:
+    """The files (not sockets or pipes) the server process holds open."""
+    assert server.process is not None
+    folder = f"/proc/{server.process.pid}/fd"
+    targets = []
+    for fd in os.listdir(folder):
+        try:
+            targets.append(os.readlink(f"{folder}/{fd}"))
+        except FileNotFoundError:
+            continue
+    return sorted(t for t in targets if t.startswith("/"))
+
+
+def mount_task(client: EmClient, point: dict[str, object]) -> dict[str, object]:
+    return client.parse(
+        client.request("POST", link(point, "Create", "AgentRestorePointMount"), 202)
+    )
+
+
+def test_a_removed_task_number_is_never_reused_nor_cancels_another(server: Server) -> None:
+    first = EmClient(server.base)
+    first.logon(USER, PASSWORD)
+    task = mount_task(first, first.restore_point("volbox@"))
+    first.request("DELETE", task["Href"], 204)
+
+    second = EmClient(server.base)
+    second.logon(USER, PASSWORD)
+    other = second.wait(mount_task(second, second.restore_point("volbox@")))
+    assert other["TaskId"] != task["TaskId"]
+    assert other["Result"] == {"Success": "true", "Message": "Ok", "_tag": "Result"}
+
+
+def test_logoff_and_unmount_close_every_backup_file(server: Server) -> None:
+    def cycle(log_off: bool) -> None:
+        client = EmClient(server.base)
+        client.logon(USER, PASSWORD)
+        for machine in ("winbox@", "linbox@", "mbrbox@"):  # VHDX, QCOW2, VMDK
+            mount = client.mount(client.restore_point(machine))
+            if not log_off:
+                client.request("DELETE", link(mount, "Delete"), 204)
+        client.logoff()
+        client.close()
+
+    before = open_files(server)
+    for _ in range(3):
+        cycle(log_off=True)
+        cycle(log_off=False)
+    assert [f for f in open_files(server) if f not in before] == []
+
+
+def test_concurrent_mounts_of_one_point_all_succeed_with_their_own_numbers(
+    server: Server,
+) -> None:
+    client = EmClient(server.base)
+    client.logon(USER, PASSWORD)
+    point = client.restore_point("volbox@")
+    with ThreadPoolExecutor(8) as pool:
+        tasks = list(pool.map(lambda _: client.wait(mount_task(client, point)), range(8)))
+    assert all(t["Result"]["Success"] == "true" for t in tasks), tasks
+    mounts = {link(t, "Related") for t in tasks}
+    assert len(mounts) == 8
+    client.logoff()
+
+
+def test_concurrent_deletes_of_one_mount_succeed_once(server: Server) -> None:
+    client = EmClient(server.base)
+    client.logon(USER, PASSWORD)
+    mount = client.mount(client.restore_point("volbox@"))
+    with ThreadPoolExecutor(5) as pool:
+        codes = sorted(
+            pool.map(
+                lambda _: client.http.delete(mount["Href"], headers=client._headers()).status_code,
+                range(5),
+            )
+        )
+    assert codes == [204, 404, 404, 404, 404]
+    client.logoff()
+
+
+@pytest.mark.parametrize("number", ["%C2%B9", "%D9%A1", "1.0", "-1"])
+def test_mount_ids_are_plain_ascii_numbers(server: Server, number: str) -> None:
+    client = EmClient(server.base)
+    client.logon(USER, PASSWORD)
+    point = client.restore_point("volbox@")
+    client.mount(point)
+    response = client.http.get(
+        f"{link(point, 'Down', 'AgentRestorePointMountList')}/{number}", headers=client._headers()
+    )
+    assert response.status_code == 404
+    task = client.http.get(f"{client.base}tasks/task-{number}", headers=client._headers())
+    assert task.status_code == 404
+    client.logoff()
+
+
+@pytest.mark.parametrize("path", ["C:/hello.txt:stream", "C:/big:x", "C:/$MFT", "C:/$Boot"])
+def test_ntfs_streams_and_metadata_files_are_not_guest_files(server: Server, path: str) -> None:
+    client = EmClient(server.base)
+    client.logon(USER, PASSWORD)
+    mount = client.mount(client.restore_point("winbox@"))
+    for query in ("action=download", "action=listAll"):
+        response = client.http.get(f"{mount['Href']}/{path}?{query}", headers=client._headers())
+        assert response.status_code == 404, (path, query)
+    client.logoff()
+
+
+def test_folder_download_survives_names_no_zip_can_carry(server: Server) -> None:
+    client = EmClient(server.base)
+    client.logon(USER, PASSWORD)
+    mount = client.mount(client.restore_point("oddbox@"))
+    response = client.http.get(
+        f"{mount['FSRoots'][0]['Href']}?action=download", headers=client._headers()
+    )
+    assert response.status_code == 200
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    assert archive.testzip() is None
+    names = set(archive.namelist())
+    assert "latin1-\ufffd.txt" in names  # the byte 0xE9 is no UTF-8
+    assert "back_slash.txt" in names  # a backslash would be a folder separator to unzip tools
+    assert archive.read("latin1-\ufffd.txt") == images.ODD_NAMES["latin1-\udce9.txt"]
+    notes = archive.read("openflr-errors.txt").decode()
+    assert (
+        'latin1-\ufffd.txt: stored under this name; the guest\'s name is "latin1-\\xe9.txt"'
+        in notes
+    )
+    client.logoff()
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("from-1950.txt", "1950-01-01T00:00:00Z"),
+        ("from-2100.txt", "2100-01-01T00:00:00Z"),
+    ],
+)
+def test_ext4_times_before_1970_and_after_2038(server: Server, name: str, shown: str) -> None:
+    client = EmClient(server.base)
+    client.logon(USER, PASSWORD)
+    mount = client.mount(client.restore_point("oddbox@"))
+    entry = walk_to(client, mount, f"/{name}")
+    assert entry["ModifiedDateUTC"] == shown
+    client.logoff()
+
+
+def test_damaged_image_gives_errors_not_broken_downloads(
+    tmp_path: Path, repository: Path, source_tree: Path
+) -> None:
+    image = next((repository / "volbox").rglob("volume0.img"))
+    damaged = tmp_path / "repo" / "cutbox" / "2026-11-30T220000Z" / "volume0.img"
+    damaged.parent.mkdir(parents=True)
+    with image.open("rb") as src, damaged.open("wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+        dst.truncate(image.stat().st_size * 6 // 10)  # the end of the volume is gone
+    server = Server(tmp_path / "data", [tmp_path / "repo"]).start()
+    try:
+        client = EmClient(server.base)
+        client.logon(USER, PASSWORD)
+        mount = client.mount(client.restore_point("cutbox@"))
+        root = mount["FSRoots"][0]["Href"]
+        response = client.http.get(f"{root}?action=download", headers=client._headers())
+        assert response.status_code == 200
+        archive = zipfile.ZipFile(io.BytesIO(response.content))
+        assert archive.testzip() is None
+        notes = archive.read("openflr-errors.txt").decode()
+        assert notes.strip(), "a cut volume must report what it could not read"
+        reported = notes
+
+        for info in archive.infolist():
+            name = info.filename
+            if info.is_dir() or name == "openflr-errors.txt" or name.startswith("lost+found"):
+                continue
+            if name.split("/")[0] in reported or name in reported:
+                continue
+            assert (
+                sha256_file(source_tree / name)
+                == __import__("hashlib").sha256(archive.read(name)).hexdigest()
+            ), name
+
+        big = walk_to(client, mount, f"/{images.BIG_NAME}")
+        task = client.wait(
+            client.parse(
+                client.request(
+                    "POST",
+                    link(big, "Restore"),
+                    202,
+                    content=b"<FileRestoreSpec><ForDirectDownload/></FileRestoreSpec>",
+                )
+            )
+        )
+        if task["Result"]["Success"] == "false":
+            assert (
+                "truncated or damaged" in task["Result"]["Message"]
+                or "damaged or unreadable" in task["Result"]["Message"]
+            )
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+
+
+def test_log_lines_cannot_be_forged_through_the_path(server: Server) -> None:
+    forged = "FORGED openflr.sessions: logon session X started for user admin"
+    httpx.get(f"{server.base}nothing%0A{forged.replace(' ', '%20')}")
+    lines = server.log().splitlines()
+    assert not any(line.startswith("FORGED") for line in lines)
+    assert any("nothing%0AFORGED" in line for line in lines)
+
+
+def test_head_works_wherever_get_does_and_405_says_what_is_allowed(server: Server) -> None:
+    head = httpx.head(server.base)
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) > 0
+    wrong = httpx.put(server.base)
+    assert wrong.status_code == 405
+    assert "GET" in wrong.headers["allow"]
+    assert message(wrong) == "The PUT method is not supported on this resource."
+
+
+def test_public_url_replaces_the_host_header_in_hrefs(tmp_path: Path, repository: Path) -> None:
+    server = Server(
+        tmp_path / "data", [repository], "--public-url", "https://flr.example.test:9398"
+    ).start()
+    try:
+        response = httpx.get(server.base, headers={"Host": "evil.example:443"})
+        root = etree.fromstring(response.content)
+        hrefs = [e.get("Href") for e in root.iter(f"{NS}Link")]
+        assert hrefs and all(h.startswith("https://flr.example.test:9398/api/") for h in hrefs)
+    finally:
+        server.stop()
+
+
+def test_malformed_json_body_gets_a_json_error_without_accept(server: Server) -> None:
+    client = EmClient(server.base)
+    client.logon(USER, PASSWORD)
+    mount = client.mount(client.restore_point("volbox@"))
+    response = httpx.post(
+        f"{mount['FSRoots'][0]['Href']}hello.txt?action=restore",
+        content=b'{"ForDirectDownload": ',
+        headers={"X-RestSvcSessionId": client.token or ""},
+    )
+    assert response.status_code == 400
+    assert response.json()["Message"].startswith("The JSON body is malformed")
+    client.logoff()
+
+
+def test_page_numbers_past_int32_are_refused(server: Server) -> None:
+    client = EmClient(server.base)
+    client.logon(USER, PASSWORD)
+    mount = client.mount(client.restore_point("volbox@"))
+    response = client.http.get(
+        f"{mount['FSRoots'][0]['Href']}?page=9223372036854775808", headers=client._headers()
+    )
+    assert response.status_code == 400
+    assert message(response) == "page must be from 1 to 2147483647, not 9223372036854775808."
+    client.logoff()
