@@ -85,6 +85,10 @@ class GuestFileSystem:
         self._users = _guest_users(self.roots)
         self._listings: OrderedDict[str, list[GuestEntry]] = OrderedDict()
         self._listed_entries = 0
+        # The file system's own entries of each cached listing, by name: opening a listed file
+        # through them skips a path lookup, which some readers (dissect.xfs) do by scanning the
+        # whole folder, so a folder download of 5,000 files would scan 12.5 million entries.
+        self._nodes: dict[str, dict[str, Any]] = {}
 
     def close(self) -> None:
         """Release the backup files. Streams still open fail on their next read."""
@@ -92,6 +96,7 @@ class GuestFileSystem:
             if not self._closed:
                 self._closed = True
                 self._listings.clear()
+                self._nodes.clear()
                 self._close()
 
     def root_entries(self) -> list[GuestEntry]:
@@ -145,8 +150,8 @@ class GuestFileSystem:
             if cached is not None:
                 self._listings.move_to_end(guest_path)
                 return cached
-            entries = self._list_uncached(root, parts, guest_path)
-            self._remember(guest_path, entries)
+            entries, nodes = self._list_uncached(root, parts, guest_path)
+            self._remember(guest_path, entries, nodes)
             return entries
 
     def open(self, path: str) -> GuestFileStream:
@@ -163,7 +168,7 @@ class GuestFileSystem:
             raise IsAFolder(guest_path)
         volume, inner = _volume_for(root, parts)
         with self.lock:
-            entry = self._fs_entry(volume, inner, guest_path)
+            entry = self._listed_node(root, parts) or self._fs_entry(volume, inner, guest_path)
             if stat_module.S_ISDIR(entry.lstat().st_mode):
                 raise IsAFolder(guest_path)
             try:
@@ -228,7 +233,17 @@ class GuestFileSystem:
             log.warning("%s: lookup failed on volume %s: %s", guest_path, volume.name, exc)
             raise GuestPathNotFound(guest_path) from exc
 
-    def _list_uncached(self, root: _Root, parts: list[str], guest_path: str) -> list[GuestEntry]:
+    def _listed_node(self, root: _Root, parts: list[str]) -> Any:
+        """The file system's entry for a path, if its folder's listing is cached."""
+        if not parts:
+            return None
+        nodes = self._nodes.get(_join(root.name, parts[:-1]))
+        node = nodes.get(parts[-1]) if nodes is not None else None
+        return node.get() if node is not None else None
+
+    def _list_uncached(
+        self, root: _Root, parts: list[str], guest_path: str
+    ) -> tuple[list[GuestEntry], dict[str, Any]]:
         volume, inner = _volume_for(root, parts)
         entry = self._fs_entry(volume, inner, guest_path)
         if not stat_module.S_ISDIR(entry.lstat().st_mode):
@@ -237,6 +252,7 @@ class GuestFileSystem:
         files: list[GuestEntry] = []
         folders: list[GuestEntry] = []
         seen: set[str] = set()
+        nodes: dict[str, Any] = {}
         hide_metafiles = volume.fs_type == "ntfs" and not inner
         for child in entry.scandir():
             name = child.name
@@ -250,6 +266,7 @@ class GuestFileSystem:
                 log.warning("%s: cannot read entry: %s", child_path, exc)
                 continue
             seen.add(name)
+            nodes[name] = child
             (folders if item.kind == "dir" else files).append(item)
 
         # Mount points whose folder is missing in the parent file system still show.
@@ -269,7 +286,7 @@ class GuestFileSystem:
 
         files.sort(key=lambda e: (e.name.casefold(), e.name))
         folders.sort(key=lambda e: (e.name.casefold(), e.name))
-        return files + folders
+        return files + folders, nodes
 
     def _owner(self, volume: Volume, st: Any) -> str | None:
         """The owner's user name from the guest's ``/etc/passwd``, else the numeric user id.
@@ -283,11 +300,13 @@ class GuestFileSystem:
             return None
         return self._users.get(int(uid), str(uid))
 
-    def _remember(self, guest_path: str, entries: list[GuestEntry]) -> None:
+    def _remember(self, guest_path: str, entries: list[GuestEntry], nodes: dict[str, Any]) -> None:
         self._listings[guest_path] = entries
+        self._nodes[guest_path] = nodes
         self._listed_entries += len(entries)
         while self._listed_entries > _LISTING_CACHE_ENTRIES and len(self._listings) > 1:
-            _, dropped = self._listings.popitem(last=False)
+            dropped_path, dropped = self._listings.popitem(last=False)
+            self._nodes.pop(dropped_path, None)
             self._listed_entries -= len(dropped)
 
 
