@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
 
-from openflr.engine.backup import Disk
 from openflr.engine.errors import (
     EngineError,
     GuestFileUnreadable,
@@ -26,7 +25,7 @@ from openflr.engine.errors import (
     IsAFolder,
     NotAFolder,
 )
-from openflr.engine.fat import GuestFatFilesystem
+from openflr.engine.volumes import Volume, find_volumes
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +44,6 @@ _NTFS_METAFILES = frozenset(
 _WINDOWS_FS = frozenset({"ntfs", "fat", "exfat"})
 _LINUX_FS = frozenset({"ext", "xfs", "btrfs"})
 
-# GPT partition types that hold no guest files a user restores.
-_EFI_SYSTEM = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
-
 # Listings kept per opened restore point, counted in entries.
 _LISTING_CACHE_ENTRIES = 200_000
 
@@ -61,18 +57,7 @@ class GuestEntry:
     kind: EntryKind
     size: int
     mtime: float | None
-
-
-@dataclass
-class Volume:
-    """A file system found on a disk of the restore point."""
-
-    name: str
-    fs: Any
-    fs_type: str
-    uuid: str | None = None
-    label: str | None = None
-    is_efi: bool = False
+    owner: str | None = None
 
 
 @dataclass
@@ -81,80 +66,6 @@ class _Root:
 
     name: str
     mounts: dict[tuple[str, ...], Volume] = field(default_factory=dict)
-
-
-def find_volumes(disks: list[Disk]) -> tuple[list[Volume], list[str]]:
-    """Find the file systems on the disks.
-
-    Returns:
-        The volumes that open, and one message per volume that was skipped and why.
-    """
-    from dissect.target import filesystem, volume
-
-    volumes: list[Volume] = []
-    skipped: list[str] = []
-    for disk in disks:
-        try:
-            parts = list(volume.open(disk.stream).volumes)
-        except Exception:
-            log.debug("%s: no volume system; trying the whole disk as a file system", disk.name)
-            parts = []
-
-        if not parts:
-            candidates: list[tuple[str, Any, Any]] = [(disk.name, disk.stream, None)]
-        else:
-            candidates = [(f"{disk.name} partition {i + 1}", p, p) for i, p in enumerate(parts)]
-
-        for name, stream, part in candidates:
-            try:
-                fs = filesystem.open(stream)
-                if getattr(fs, "__type__", None) == "fat":
-                    fs = GuestFatFilesystem(stream)
-            except Exception as exc:
-                reason = _why_unopenable(stream, exc)
-                if reason is not None:
-                    skipped.append(f"{name}: {reason}")
-                log.debug("%s: no file system (%s)", name, exc)
-                continue
-            volumes.append(_describe(name, fs, part))
-    return volumes, skipped
-
-
-def _why_unopenable(stream: Any, exc: Exception) -> str | None:
-    """Say why a volume cannot be opened, or None for volumes that hold no file system at all."""
-    try:
-        stream.seek(0)
-        head = stream.read(4096)
-    except Exception:
-        return f"unreadable ({exc})"
-    if head[3:11] == b"-FVE-FS-":
-        return "BitLocker-encrypted volume; openflr cannot decrypt it"
-    if head[:6] == b"LUKS\xba\xbe":
-        return "LUKS-encrypted volume; openflr cannot decrypt it"
-    if head[3:11] == b"ReFS\x00\x00\x00\x00":
-        return "ReFS volume; openflr cannot read ReFS"
-    if not head.strip(b"\x00"):
-        return None
-    # TODO: assemble LVM volume groups and open BitLocker/LUKS with configured keys; until then
-    # these volumes are skipped and named in the mount task's message.
-    if b"LABELONE" in head[:2048]:
-        return "LVM physical volume; openflr cannot assemble LVM volume groups yet"
-    return None
-
-
-def _describe(name: str, fs: Any, part: Any) -> Volume:
-    fs_type = str(getattr(fs, "__type__", "unknown"))
-    uuid: str | None = None
-    label: str | None = None
-    if fs_type == "ext":
-        uuid = str(fs.extfs.uuid)
-        label = fs.extfs.volume_name or None
-    elif fs_type == "ntfs":
-        label = getattr(fs.ntfs, "volume_name", None)
-    part_type = str(getattr(part, "type", "") or "").lower()
-    return Volume(
-        name=name, fs=fs, fs_type=fs_type, uuid=uuid, label=label, is_efi=part_type == _EFI_SYSTEM
-    )
 
 
 class GuestFileSystem:
@@ -173,8 +84,13 @@ class GuestFileSystem:
         self._close = close
         self._closed = False
         self.roots = _arrange(volumes)
+        self._users = _guest_users(self.roots)
         self._listings: OrderedDict[str, list[GuestEntry]] = OrderedDict()
         self._listed_entries = 0
+        # The file system's own entries of each cached listing, by name: opening a listed file
+        # through them skips a path lookup, which some readers (dissect.xfs) do by scanning the
+        # whole folder, so a folder download of 5,000 files would scan 12.5 million entries.
+        self._nodes: dict[str, dict[str, Any]] = {}
 
     def close(self) -> None:
         """Release the backup files. Streams still open fail on their next read."""
@@ -182,6 +98,7 @@ class GuestFileSystem:
             if not self._closed:
                 self._closed = True
                 self._listings.clear()
+                self._nodes.clear()
                 self._close()
 
     def root_entries(self) -> list[GuestEntry]:
@@ -218,7 +135,8 @@ class GuestFileSystem:
         volume, inner = _volume_for(root, parts)
         with self.lock, _damage_reported(guest_path):
             entry = self._fs_entry(volume, inner, guest_path)
-            return _to_entry(guest_path, parts[-1], entry.lstat(), volume.fs_type)
+            st = entry.lstat()
+            return _to_entry(guest_path, parts[-1], st, volume.fs_type, self._owner(volume, st))
 
     def list_folder(self, path: str) -> list[GuestEntry]:
         """Return the entries of a folder: files first, then folders, each sorted by name.
@@ -235,8 +153,8 @@ class GuestFileSystem:
                 self._listings.move_to_end(guest_path)
                 return cached
             with _damage_reported(guest_path):
-                entries = self._list_uncached(root, parts, guest_path)
-            self._remember(guest_path, entries)
+                entries, nodes = self._list_uncached(root, parts, guest_path)
+            self._remember(guest_path, entries, nodes)
             return entries
 
     def open(self, path: str) -> GuestFileStream:
@@ -253,7 +171,7 @@ class GuestFileSystem:
             raise IsAFolder(guest_path)
         volume, inner = _volume_for(root, parts)
         with self.lock, _damage_reported(guest_path):
-            entry = self._fs_entry(volume, inner, guest_path)
+            entry = self._listed_node(root, parts) or self._fs_entry(volume, inner, guest_path)
             if stat_module.S_ISDIR(entry.lstat().st_mode):
                 raise IsAFolder(guest_path)
             try:
@@ -349,7 +267,17 @@ class GuestFileSystem:
             log.warning("%s: lookup failed on volume %s: %s", guest_path, volume.name, exc)
             raise GuestPathNotFound(guest_path) from exc
 
-    def _list_uncached(self, root: _Root, parts: list[str], guest_path: str) -> list[GuestEntry]:
+    def _listed_node(self, root: _Root, parts: list[str]) -> Any:
+        """The file system's entry for a path, if its folder's listing is cached."""
+        if not parts:
+            return None
+        nodes = self._nodes.get(_join(root.name, parts[:-1]))
+        node = nodes.get(parts[-1]) if nodes is not None else None
+        return node.get() if node is not None else None
+
+    def _list_uncached(
+        self, root: _Root, parts: list[str], guest_path: str
+    ) -> tuple[list[GuestEntry], dict[str, Any]]:
         volume, inner = _volume_for(root, parts)
         entry = self._fs_entry(volume, inner, guest_path)
         if not stat_module.S_ISDIR(entry.lstat().st_mode):
@@ -358,6 +286,7 @@ class GuestFileSystem:
         files: list[GuestEntry] = []
         folders: list[GuestEntry] = []
         seen: set[str] = set()
+        nodes: dict[str, Any] = {}
         hide_metafiles = volume.fs_type == "ntfs" and not inner
         for child in entry.scandir():
             name = child.name
@@ -365,13 +294,13 @@ class GuestFileSystem:
                 continue
             child_path = _join(root.name, [*parts, name])
             try:
-                item = _to_entry(
-                    child_path, name, child.stat(follow_symlinks=False), volume.fs_type
-                )
+                st = child.stat(follow_symlinks=False)
+                item = _to_entry(child_path, name, st, volume.fs_type, self._owner(volume, st))
             except Exception as exc:
                 log.warning("%s: cannot read entry: %s", child_path, exc)
                 continue
             seen.add(name)
+            nodes[name] = child
             (folders if item.kind == "dir" else files).append(item)
 
         # Mount points whose folder is missing in the parent file system still show.
@@ -391,13 +320,27 @@ class GuestFileSystem:
 
         files.sort(key=lambda e: (e.name.casefold(), e.name))
         folders.sort(key=lambda e: (e.name.casefold(), e.name))
-        return files + folders
+        return files + folders, nodes
 
-    def _remember(self, guest_path: str, entries: list[GuestEntry]) -> None:
+    def _owner(self, volume: Volume, st: Any) -> str | None:
+        """The owner's user name from the guest's ``/etc/passwd``, else the numeric user id.
+
+        Only Linux file systems keep an owner this way; NTFS owners are security descriptors.
+        """
+        # TODO: NTFS owners: resolve the owner SID of $Secure to an account name (needs the
+        # guest's SAM or well-known SIDs); until then NTFS entries carry no Owner.
+        uid = getattr(st, "st_uid", None)
+        if volume.fs_type not in _LINUX_FS or uid is None:
+            return None
+        return self._users.get(int(uid), str(uid))
+
+    def _remember(self, guest_path: str, entries: list[GuestEntry], nodes: dict[str, Any]) -> None:
         self._listings[guest_path] = entries
+        self._nodes[guest_path] = nodes
         self._listed_entries += len(entries)
         while self._listed_entries > _LISTING_CACHE_ENTRIES and len(self._listings) > 1:
-            _, dropped = self._listings.popitem(last=False)
+            dropped_path, dropped = self._listings.popitem(last=False)
+            self._nodes.pop(dropped_path, None)
             self._listed_entries -= len(dropped)
 
 
@@ -471,7 +414,9 @@ class _ClosedStream:
 _EARLIEST, _LATEST = -11_644_473_600, 253_402_300_799
 
 
-def _to_entry(guest_path: str, name: str, st: Any, fs_type: str) -> GuestEntry:
+def _to_entry(
+    guest_path: str, name: str, st: Any, fs_type: str, owner: str | None
+) -> GuestEntry:
     mode = st.st_mode
     if stat_module.S_ISLNK(mode):
         kind: EntryKind = "symlink"
@@ -486,6 +431,7 @@ def _to_entry(guest_path: str, name: str, st: Any, fs_type: str) -> GuestEntry:
         kind=kind,
         size=size,
         mtime=_guest_time(getattr(st, "st_mtime", None), fs_type),
+        owner=owner,
     )
 
 
@@ -587,6 +533,25 @@ def _linux_tree(linux: list[Volume]) -> dict[tuple[str, ...], Volume]:
     return tree
 
 
+def _guest_users(roots: dict[str, _Root]) -> dict[int, str]:
+    """User names by id from ``/etc/passwd`` of the guest's Linux tree, if it has one."""
+    root = roots.get("/")
+    volume = root.mounts.get(()) if root is not None else None
+    if volume is None:
+        return {}
+    try:
+        text = volume.fs.get("/etc/passwd").open().read(1 << 20).decode("utf-8", "replace")
+    except Exception:
+        log.debug("%s: no readable /etc/passwd; owners are shown as numbers", volume.name)
+        return {}
+    users: dict[int, str] = {}
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2].isdigit():
+            users.setdefault(int(fields[2]), fields[0])
+    return users
+
+
 def _has_fstab(volume: Volume) -> bool:
     try:
         return bool(volume.fs.get("/etc/fstab").is_file())
@@ -619,6 +584,8 @@ def _match_fstab_spec(spec: str, volumes: list[Volume]) -> Volume | None:
         wanted = spec.rsplit("/", 1)[1].lower()
         return next((v for v in volumes if v.uuid and v.uuid.lower() == wanted), None)
     if spec.startswith("/dev/disk/by-label/"):
-        wanted = spec.rsplit("/", 1)[1]
+        wanted = spec.rsplit("/", 1)[1].replace("\\x2f", "/")
         return next((v for v in volumes if v.label == wanted), None)
-    return None
+    # TODO: match PARTUUID=, PARTLABEL= and kernel names (/dev/sda2), which need the disk
+    # order and partition GUIDs kept with each volume; such entries are left out of the tree.
+    return next((v for v in volumes if spec in v.devices), None)

@@ -300,6 +300,7 @@ def file_system_entry(urls: Urls, point: RestorePoint, number: int, entry: Guest
             Field("Path", entry.path),
             Field("Name", entry.name),
             Field("Size", entry.size),
+            Field("Owner", entry.owner),
             Field("ModifiedDateUTC", modified),
         ],
     )

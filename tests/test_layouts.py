@@ -1,0 +1,263 @@
+"""Disk, volume and file-system layouts, each proven over HTTP on an image built by real tools.
+
+Every restore point here comes from ``tests/fixtures/images.py`` (``build_layout_points``): XFS v5,
+Btrfs, FAT12, FAT16, exFAT, ext2/3/4, MBR logical partitions, LVM2 on one and two disks, LUKS and
+damaged volumes. The ``V`` numbers name the field reports each test answers.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import PASSWORD, USER, Server, sha256
+from tests.emclient import ApiFailure, EmClient
+from tests.fixtures import images
+from tests.test_flow import walk_to
+
+HELLO = b"Hello from a layout restore point.\n"
+NESTED = b"A nested file of a layout restore point.\n"
+# SHA-256 of big.bin: 3 MiB from the fixture's seeded generator (seed 0x1A70).
+BIG_SHA256 = "1cc7f1fb80132cf40db81a9fed7521bbb3a0bc36b93d4390fe6856387d6ea03a"
+# SHA-256 of span.bin: 20 MiB from the fixture's seeded generator (seed 0x5BA2).
+SPAN_SHA256 = "f3994e155889879246748bf753470991ed78c2bfd44b521c483b45d566da5b2f"
+
+
+@pytest.fixture(scope="module")
+def layout_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server over a repository holding every layout restore point."""
+    missing = images.missing_tools(images.LAYOUT_TOOLS)
+    if missing:
+        message = f"image tools missing: {', '.join(missing)} (scripts/setup installs them)"
+        if os.environ.get("OPENFLR_REQUIRE_IMAGE_TOOLS"):
+            pytest.fail(message)
+        pytest.skip(message)
+    repo = tmp_path_factory.mktemp("layouts")
+    images.build_layout_points(repo)
+    srv = Server(tmp_path_factory.mktemp("layout-data"), [repo]).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(layout_server: Server) -> Iterator[EmClient]:
+    em = EmClient(layout_server.base, as_json=True)
+    em.logon(USER, PASSWORD)
+    yield em
+    em.logoff()
+    em.close()
+
+
+def mount(client: EmClient, machine: str) -> dict[str, Any]:
+    return client.mount(client.restore_point(f"{machine}@2026-11-30 22:00:00"))
+
+
+def names(client: EmClient, mount_: dict[str, Any], guest_path: str) -> list[str]:
+    """The names listed in a folder, files first, as the API pages them."""
+    root = next((r for r in mount_["FSRoots"] if r["Path"] == guest_path), None)
+    url = root["Href"] if root else None
+    if url is None:
+        url = next(
+            lk["Href"]
+            for lk in walk_to(client, mount_, guest_path)["Links"]
+            if lk["Rel"] == "Down" and "action=listAll" in lk["Href"]
+        )
+    return [e["Name"] for e in client.list_pages(url)]
+
+
+def download(client: EmClient, mount_: dict[str, Any], guest_path: str) -> bytes:
+    return bytes(client.restore_for_download(walk_to(client, mount_, guest_path)).content)
+
+
+def test_xfs_volume_lists_its_root_and_downloads_byte_exact(client: EmClient) -> None:
+    xfs = mount(client, "xfsbox")
+    assert [r["Path"] for r in xfs["FSRoots"]] == ["/"]
+    assert names(client, xfs, "/") == [
+        "big.bin", "hello.txt", "docs", "links", "many", "xattrs",
+    ]  # fmt: skip
+    assert download(client, xfs, "/hello.txt") == HELLO
+    assert download(client, xfs, "/docs/readme.txt") == NESTED
+    assert sha256(download(client, xfs, "/big.bin")) == BIG_SHA256
+
+
+def test_xfs_folder_of_5000_files_pages_exact(client: EmClient) -> None:
+    """V5: an XFS v5 folder of 5,000 entries (a B+tree directory) lists whole, page by page."""
+    xfs = mount(client, "xfsbox")
+    base = f"{xfs['Href']}//many?action=listFiles&pageSize=1000"
+    pages = [client.get(f"{base}&page={n}") for n in range(1, 7)]
+
+    assert [int(p["PagingInfo"]["PagesCount"]) for p in pages] == [5] * 6
+    assert [len(p["Files"] or []) for p in pages] == [1000, 1000, 1000, 1000, 1000, 0]
+    listed = [f["Name"] for p in pages for f in p["Files"] or []]
+    assert listed == [f"f{i:05d}.txt" for i in range(5000)]
+    assert download(client, xfs, "/many/f04999.txt") == b"f04999.txt\n"
+
+
+def test_xfs_files_with_extended_attributes_list_and_download(client: EmClient) -> None:
+    """V6: user.* attributes kept in the inode, a 3,000-byte one in blocks of its own and a
+    security.selinux label do not break listing or reading."""
+    xfs = mount(client, "xfsbox")
+    folder = walk_to(client, xfs, "/xattrs")
+    listed = {e["Name"]: int(e["Size"]) for e in client.list_all(folder)}
+    assert listed == {"big-attr.txt": 42, "tagged.txt": 28}
+    assert download(client, xfs, "/xattrs/tagged.txt") == b"a file with user attributes\n"
+    assert download(client, xfs, "/xattrs/big-attr.txt") == (
+        b"a file with a large attribute and a label\n"
+    )
+
+
+def test_symbolic_links_are_listed_as_files_and_never_followed(client: EmClient) -> None:
+    xfs = mount(client, "xfsbox")
+    assert names(client, xfs, "/links") == ["escape", "link-to-hello"]
+    link = walk_to(client, xfs, "/links/escape")
+    assert link["Name"] == "escape"
+    assert int(link["Size"]) == len("../../../../etc/passwd")
+
+    with pytest.raises(ApiFailure) as refused:
+        client.restore_for_download(link)
+    assert refused.value.response.status_code == 400
+    assert refused.value.response.json()["Message"] == (
+        "/links/escape is a symbolic link; download its target instead."
+    )
+
+    response = client.request("GET", f"{xfs['Href']}//links?action=download")
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    assert archive.namelist() == ["openflr-errors.txt"]
+    assert archive.read("openflr-errors.txt") == (
+        b"escape: symbolic link, not followed\nlink-to-hello: symbolic link, not followed\n"
+    )
+
+
+def test_owner_is_the_numeric_id_where_the_guest_has_no_passwd(client: EmClient) -> None:
+    xfs = mount(client, "xfsbox")
+    assert walk_to(client, xfs, "/hello.txt")["Owner"] == "1000"
+    assert walk_to(client, xfs, "/big.bin")["Owner"] == "0"
+
+
+def test_btrfs_partition_lists_and_downloads_byte_exact(client: EmClient) -> None:
+    btrfs = mount(client, "btrfsbox")
+    assert [r["Path"] for r in btrfs["FSRoots"]] == ["/"]
+    assert names(client, btrfs, "/") == ["big.bin", "hello.txt", "docs"]
+    assert download(client, btrfs, "/hello.txt") == HELLO
+    assert download(client, btrfs, "/docs/readme.txt") == NESTED
+    assert sha256(download(client, btrfs, "/big.bin")) == BIG_SHA256
+    # mkfs.btrfs --rootdir keeps the source's times: 2026-01-02 03:04:05 UTC.
+    assert walk_to(client, btrfs, "/hello.txt")["ModifiedDateUTC"] == "2026-01-02T03:04:05Z"
+
+
+def test_fat12_fat16_and_exfat_volumes_get_drive_letters(client: EmClient) -> None:
+    fat = mount(client, "fatbox")
+    assert [r["Path"] for r in fat["FSRoots"]] == ["C:", "D:", "E:"]
+    assert names(client, fat, "C:") == ["fatdata"]
+    assert names(client, fat, "D:") == ["big.bin", "hello.txt", "docs"]
+    assert names(client, fat, "E:") == []  # exFAT cannot be filled without a kernel mount here
+    assert download(client, fat, "C:/fatdata/readme.txt") == (
+        b"Second volume of the openflr test fixture.\n"
+    )
+    assert download(client, fat, "C:/" + images.SMALL_NON_ASCII) == (
+        b"Non-ASCII file name on the second volume.\n"
+    )
+    assert sha256(download(client, fat, "D:/big.bin")) == BIG_SHA256
+    assert walk_to(client, fat, "D:/hello.txt")["Owner"] is None  # FAT keeps no owner
+
+
+def test_mbr_logical_partitions_join_one_tree_by_fstab(client: EmClient) -> None:
+    """V7: ext2 /boot (primary), ext4 / and ext4 /home by UUID, ext3 /srv by LABEL (logical
+    partitions of an extended one) make one tree."""
+    linux = mount(client, "mbrlinux")
+    assert [r["Path"] for r in linux["FSRoots"]] == ["/"]
+    assert names(client, linux, "/") == ["boot", "etc", "home", "lost+found", "srv", "tmp"]
+    assert names(client, linux, "/boot") == ["vmlinuz-test", "lost+found"]
+    assert names(client, linux, "/home/user") == ["big.bin", "hello.txt", "docs"]
+    assert download(client, linux, "/boot/vmlinuz-test") == b"not a real kernel\n"
+    assert download(client, linux, "/srv/www/index.html") == b"<h1>served from ext3</h1>\n"
+    assert download(client, linux, "/home/user/hello.txt") == HELLO
+    assert sha256(download(client, linux, "/home/user/big.bin")) == BIG_SHA256
+    assert walk_to(client, linux, "/etc/passwd")["Owner"] == "root"
+
+
+def test_lvm_root_beside_a_boot_partition(client: EmClient) -> None:
+    """V1: BIOS boot, ext4 /boot, and an LVM PV whose vg0/root (ext4) is named
+    /dev/mapper/vg0-root in fstab."""
+    lvm = mount(client, "lvmbox")
+    assert [r["Path"] for r in lvm["FSRoots"]] == ["/"]
+    assert names(client, lvm, "/") == ["boot", "etc", "home", "lost+found"]
+    assert download(client, lvm, "/etc/hostname") == b"lvmbox\n"
+    assert download(client, lvm, "/boot/grub/grub.cfg") == b"set root=(lvm/vg0-root)\n"
+    assert download(client, lvm, "/home/user/hello.txt") == HELLO
+    assert sha256(download(client, lvm, "/home/user/big.bin")) == BIG_SHA256
+
+
+def test_xfs_root_on_lvm_with_owners_from_passwd(client: EmClient) -> None:
+    """V2: as V1 with XFS v5 on the LV, named /dev/vg0/root in fstab, /boot by LABEL."""
+    lvm = mount(client, "lvmxfs")
+    assert names(client, lvm, "/") == ["boot", "etc", "home"]
+    assert download(client, lvm, "/boot/grub/grub.cfg") == b"set root=(lvm/vg0-root)\n"
+    assert download(client, lvm, "/home/user/docs/readme.txt") == NESTED
+    assert sha256(download(client, lvm, "/home/user/big.bin")) == BIG_SHA256
+    assert walk_to(client, lvm, "/home/user/hello.txt")["Owner"] == "user"
+    assert walk_to(client, lvm, "/etc/passwd")["Owner"] == "root"
+
+
+def test_logical_volume_spanning_two_disks_reads_whole(client: EmClient) -> None:
+    """V3: one linear LV, 16 MiB on each disk; a 20 MiB file must cross between them."""
+    span = mount(client, "lvmspan")
+    assert names(client, span, "/") == ["hello.txt", "span.bin", "lost+found"]
+    entry = walk_to(client, span, "/span.bin")
+    assert int(entry["Size"]) == 20 * 1024 * 1024
+    assert sha256(client.restore_for_download(entry).content) == SPAN_SHA256
+
+
+def test_two_restore_points_whose_volume_groups_share_a_name_mount_at_once(
+    client: EmClient,
+) -> None:
+    ext4_root = mount(client, "lvmbox")
+    xfs_root = mount(client, "lvmxfs")
+    assert names(client, ext4_root, "/") == ["boot", "etc", "home", "lost+found"]
+    assert names(client, xfs_root, "/") == ["boot", "etc", "home"]
+    assert download(client, ext4_root, "/home/user/hello.txt") == HELLO
+    assert download(client, xfs_root, "/home/user/hello.txt") == HELLO
+
+
+def test_encrypted_and_damaged_volumes_are_named_in_the_mount_message(client: EmClient) -> None:
+    point = client.restore_point("brokenbox@")
+    task = client.parse(
+        client.request("POST", next(
+            lk["Href"] for lk in point["Links"] if lk["Type"] == "AgentRestorePointMount"
+        ), 202)
+    )  # fmt: skip
+    task = client.wait(task)
+    assert task["Result"]["Success"] is True
+    assert task["Result"]["Message"] == (
+        "Ok; volumes not mounted: "
+        "disk0.img partition 2: LUKS-encrypted volume; openflr cannot decrypt it; "
+        "disk0.img partition 3: no file system openflr can read "
+        "(damaged, or of a kind openflr does not know); "
+        "disk0.img partition 4: damaged xfs file system "
+        "(Not a valid XFS filesystem (invalid block size))"
+    )
+    broken = client.get(next(lk["Href"] for lk in task["Links"] if lk["Rel"] == "Related"))
+    assert [r["Path"] for r in broken["FSRoots"]] == ["/"]
+    assert download(client, broken, "/hello.txt") == HELLO
+
+
+def test_ntfs_entries_carry_no_owner(server: Server) -> None:
+    em = EmClient(server.base, as_json=True)
+    em.logon(USER, PASSWORD)
+    win = em.mount(em.restore_point("winbox@"))
+    assert walk_to(em, win, "C:/hello.txt")["Owner"] is None
+    em.logoff()
+
+
+def test_linux_owner_is_the_user_name_from_the_guest_passwd(server: Server) -> None:
+    em = EmClient(server.base)
+    em.logon(USER, PASSWORD)
+    linux = em.mount(em.restore_point("linbox@"))
+    assert walk_to(em, linux, "/etc/passwd")["Owner"] == "root"
+    assert walk_to(em, linux, "/home/user/hello.txt")["Owner"] == "root"
+    em.logoff()
