@@ -46,7 +46,12 @@ DataDir = Annotated[
 
 
 def _services(
-    data_dir: Path, repositories: list[Path], timeout: float = 900.0, secure: bool = True
+    data_dir: Path,
+    repositories: list[Path],
+    timeout: float = 900.0,
+    secure: bool = True,
+    flr_root: Path | None = None,
+    flr_allow_other: bool = False,
 ) -> object:
     from openflr.services import Services, Settings
 
@@ -56,6 +61,8 @@ def _services(
             repositories=repositories,
             session_timeout=timeout,
             secure_cookies=secure,
+            flr_root=flr_root,
+            flr_allow_other=flr_allow_other,
         )
     )
 
@@ -112,6 +119,21 @@ def serve(
     session_timeout: Annotated[
         float, typer.Option("--session-timeout", help="Idle seconds before a logon session ends.")
     ] = 900.0,
+    flr_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--flr-root",
+            help="Folder where each mount also appears as a read-only folder (FUSE). "
+            "Default: flr inside the data folder.",
+        ),
+    ] = None,
+    flr_allow_other: Annotated[
+        bool,
+        typer.Option(
+            "--flr-allow-other",
+            help="Let every local user read the FLR folders, not only the server's own user.",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Serve the Enterprise Manager REST API over the repositories."""
@@ -130,7 +152,14 @@ def serve(
         typer.echo("openflr: --session-timeout must be more than 0", err=True)
         raise typer.Exit(2)
 
-    services = _services(data_dir, repositories, session_timeout, secure=not http)
+    services = _services(
+        data_dir,
+        repositories,
+        session_timeout,
+        secure=not http,
+        flr_root=flr_root,
+        flr_allow_other=flr_allow_other,
+    )
     assert isinstance(services, Services)
     user_line = _ensure_initial_user(services, data_dir)
 
@@ -164,7 +193,7 @@ def serve(
         typer.echo(user_line)
 
     services.start()
-    application = create_app(services)
+    application = create_app(services, on_shutdown=services.stop)
     try:
         uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, **ssl)  # type: ignore[arg-type]
     finally:
