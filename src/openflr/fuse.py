@@ -119,6 +119,8 @@ class FlrFolders:
         """
         self.root = self.root.absolute()
         self._clean_stale()
+        # TODO: a trial mount would also catch a server that may open /dev/fuse but not mount
+        # (no CAP_SYS_ADMIN, no fusermount3 rights); until then the first mount's message says so.
         try:
             self._fuse = _load_fuse()
             _check_device()
@@ -161,6 +163,8 @@ class FlrFolders:
             options["allow_other"] = True
         failure: list[str] = []
         fuse_class = self._fuse
+        # TODO: libfuse 3.14 prints "Ignoring invalid max threads value" to standard error at
+        # every mount (its own default); harmless, but noise in the server's output.
 
         def serve() -> None:
             try:
@@ -175,6 +179,7 @@ class FlrFolders:
             if not thread.is_alive() or time.monotonic() > deadline:
                 break
         if not operations.ready.is_set():
+            # libfuse itself writes the cause to standard error; the exception only says it failed.
             why = failure[0] if failure else "no answer from the kernel in time"
             _unmount(path)
             self._remove_folder(path)
@@ -264,6 +269,9 @@ class _Operations:
     answers ``ENOSYS``, and the ``ro`` mount option makes the kernel refuse every write with
     ``EROFS`` before it reaches this class.
     """
+
+    # TODO: reads through the folder do not refresh the logon session's idle time; a long copy
+    # with no API call ends when the session expires, and the folder goes with it.
 
     use_ns = True
 
