@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,7 +53,8 @@ def test_a_removed_task_number_is_never_reused_nor_cancels_another(server: Serve
     second.logon(USER, PASSWORD)
     other = second.wait(mount_task(second, second.restore_point("volbox@")))
     assert other["TaskId"] != task["TaskId"]
-    assert other["Result"] == {"Success": "true", "Message": "Ok", "_tag": "Result"}
+    assert other["Result"]["Success"] == "true"
+    assert other["Result"]["Message"].startswith("Ok")
 
 
 def test_logoff_and_unmount_close_every_backup_file(server: Server) -> None:
@@ -223,7 +225,12 @@ def test_damaged_image_gives_errors_not_broken_downloads(
 
 def test_log_lines_cannot_be_forged_through_the_path(server: Server) -> None:
     forged = "FORGED openflr.sessions: logon session X started for user admin"
-    httpx.get(f"{server.base}nothing%0A{forged.replace(' ', '%20')}")
+    request_id = httpx.get(f"{server.base}nothing%0A{forged.replace(' ', '%20')}").headers[
+        "x-request-id"
+    ]
+    deadline = time.monotonic() + 5
+    while f"request {request_id} " not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
     lines = server.log().splitlines()
     assert not any(line.startswith("FORGED") for line in lines)
     assert any("nothing%0AFORGED" in line for line in lines)

@@ -52,6 +52,8 @@ def _services(
     timeout: float = 900.0,
     secure: bool = True,
     public_url: str | None = None,
+    flr_root: Path | None = None,
+    flr_allow_other: bool = False,
 ) -> object:
     from openflr.services import Services, Settings
 
@@ -62,6 +64,8 @@ def _services(
             session_timeout=timeout,
             secure_cookies=secure,
             public_url=public_url,
+            flr_root=flr_root,
+            flr_allow_other=flr_allow_other,
         )
     )
 
@@ -126,6 +130,21 @@ def serve(
             "; default: the scheme and Host header of each request.",
         ),
     ] = None,
+    flr_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--flr-root",
+            help="Folder where each mount also appears as a read-only folder (FUSE). "
+            "Default: flr inside the data folder.",
+        ),
+    ] = None,
+    flr_allow_other: Annotated[
+        bool,
+        typer.Option(
+            "--flr-allow-other",
+            help="Let every local user read the FLR folders, not only the server's own user.",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Serve the Enterprise Manager REST API over the repositories."""
@@ -147,7 +166,15 @@ def serve(
     if public_url is not None and not re.match(r"^https?://[^/\s]+/?$", public_url):
         typer.echo("openflr: --public-url must look like https://host:port", err=True)
         raise typer.Exit(2)
-    services = _services(data_dir, repositories, session_timeout, not http, public_url)
+    services = _services(
+        data_dir,
+        repositories,
+        session_timeout,
+        secure=not http,
+        public_url=public_url,
+        flr_root=flr_root,
+        flr_allow_other=flr_allow_other,
+    )
     assert isinstance(services, Services)
     user_line = _ensure_initial_user(services, data_dir)
 
@@ -181,7 +208,7 @@ def serve(
         typer.echo(user_line)
 
     services.start()
-    application = create_app(services)
+    application = create_app(services, on_shutdown=services.stop)
     try:
         uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, **ssl)  # type: ignore[arg-type]
     finally:

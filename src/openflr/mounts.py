@@ -6,11 +6,12 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from openflr.catalog import Catalog, RestorePoint
 from openflr.engine import EngineError, OpenedRestorePoint, open_restore_point
 from openflr.engine.errors import UnsupportedBackup
+from openflr.fuse import FlrFolder, FlrFolders, FolderUnavailable
 from openflr.store import Database, LogonSessionRow, MountRow
 from openflr.tasks import Task, TaskOutcome, TaskService
 
@@ -35,13 +36,25 @@ class Mount:
 
 
 class MountService:
-    """Mount restore points for logon sessions, find their mounts, and unmount them."""
+    """Mount restore points for logon sessions, find their mounts, and unmount them.
 
-    def __init__(self, db: Database, catalog: Catalog, tasks: TaskService) -> None:
+    Args:
+        folders: The FLR root, where each mount also becomes a read-only folder; None for none.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        catalog: Catalog,
+        tasks: TaskService,
+        folders: FlrFolders | None = None,
+    ) -> None:
         self.db = db
         self.catalog = catalog
         self.tasks = tasks
+        self.folders = folders
         self._opened: dict[int, OpenedRestorePoint] = {}
+        self._folders: dict[int, FlrFolder] = {}
         self._lock = threading.Lock()
         # Mount records change under this lock: numbering reads the highest number and inserts
         # the next, and an unmount must find a live record exactly once.
@@ -114,11 +127,16 @@ class MountService:
         return True
 
     def release_session(self, session_id: str) -> None:
-        """Unmount everything a logon session owned."""
+        """Unmount everything a logon session owned.
+
+        Also every mount recorded without a session (databases from before mounts kept their
+        session id when the session row went), which would otherwise stay open.
+        """
         with self._records, self.db.session() as session:
             rows = session.scalars(
                 select(MountRow).where(
-                    MountRow.session_id == session_id, MountRow.released.is_(False)
+                    or_(MountRow.session_id == session_id, MountRow.session_id.is_(None)),
+                    MountRow.released.is_(False),
                 )
             ).all()
             released = [(r.id, r.restore_point_id, r.number) for r in rows]
@@ -129,10 +147,14 @@ class MountService:
             log.info("mount %s@%d released (session %s ended)", point_id, number, session_id)
 
     def close_all(self) -> None:
-        """Close every opened restore point (server shutdown); the records stay."""
+        """Close every opened restore point and its folder (server shutdown); the records stay."""
         with self._lock:
             opened = list(self._opened.values())
             self._opened.clear()
+            folders = list(self._folders.values())
+            self._folders.clear()
+        for folder in folders:
+            self._detach(folder)
         for item in opened:
             item.close()
 
@@ -154,17 +176,18 @@ class MountService:
             return TaskOutcome(False, "Cancelled")
 
         try:
-            number = self._record(session_id, point, opened)
+            recorded = self._record(session_id, point, opened)
         except Exception:
             opened.close()
             raise
-        if number is None:
+        if recorded is None:
             opened.close()
             return TaskOutcome(False, "The logon session ended before the mount finished")
+        row_id, number = recorded
 
-        message = "Ok"
+        message = "Ok; " + self._attach(row_id, point, opened)
         if opened.skipped:
-            message = "Ok; volumes not mounted: " + "; ".join(opened.skipped)
+            message += "; volumes not mounted: " + "; ".join(opened.skipped)
         log.info(
             "mount %s@%d ready (session %s, task task-%d)",
             point.id,
@@ -176,7 +199,7 @@ class MountService:
 
     def _record(
         self, session_id: str, point: RestorePoint, opened: OpenedRestorePoint
-    ) -> int | None:
+    ) -> tuple[int, int] | None:
         with self._records, self.db.session() as session:
             if session.get(LogonSessionRow, session_id) is None:
                 return None
@@ -191,7 +214,32 @@ class MountService:
             row_id, number = row.id, row.number
         with self._lock:
             self._opened[row_id] = opened
-        return number
+        return row_id, number
+
+    def _attach(self, row_id: int, point: RestorePoint, opened: OpenedRestorePoint) -> str:
+        """Serve a mount's files as a folder under the FLR root; say where, or why not."""
+        if self.folders is None:
+            return "no FUSE folder: no FLR root configured"
+        try:
+            folder = self.folders.attach(point.machine, opened.files, point.created.timestamp())
+        except FolderUnavailable as exc:
+            return f"no FUSE folder: {exc}"
+        with self._lock:
+            kept = self._opened.get(row_id) is opened
+            if kept:
+                self._folders[row_id] = folder
+        if not kept:
+            # Unmounted while the folder was being made: it must not outlive its mount.
+            self._detach(folder)
+            return "no FUSE folder: unmounted while the folder was being made"
+        return f"folder: {folder.path}"
+
+    def _detach(self, folder: FlrFolder) -> None:
+        if self.folders is not None:
+            try:
+                self.folders.detach(folder)
+            except Exception:  # a failed unmount must not keep the mount's files open
+                log.exception("unmounting FLR folder %s failed", folder.path)
 
     def _mount_of(self, row_id: int, point: RestorePoint, number: int, session_id: str) -> Mount:
         with self._lock:
@@ -206,7 +254,9 @@ class MountService:
             if current is not opened:
                 opened.close()
                 opened = current
-            log.info("mount %s@%d reopened", point.id, number)
+            else:
+                outcome = self._attach(row_id, point, opened)
+                log.info("mount %s@%d reopened; %s", point.id, number, outcome)
         return Mount(
             row_id=row_id, restore_point=point, number=number, session_id=session_id, opened=opened
         )
@@ -214,5 +264,9 @@ class MountService:
     def _close(self, row_id: int) -> None:
         with self._lock:
             opened = self._opened.pop(row_id, None)
+            folder = self._folders.pop(row_id, None)
+        # The folder goes first, so that no reader of it meets a closed restore point.
+        if folder is not None:
+            self._detach(folder)
         if opened is not None:
             opened.close()

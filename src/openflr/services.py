@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from openflr.catalog import Catalog
+from openflr.fuse import FlrFolders
 from openflr.mounts import MountService
 from openflr.sessions import SessionService, UserService
 from openflr.store import Database
@@ -29,6 +30,9 @@ class Settings:
     task_workers: int = 4
     secure_cookies: bool = True
     public_url: str | None = None
+    # None: <data_dir>/flr.
+    flr_root: Path | None = None
+    flr_allow_other: bool = False
 
 
 @dataclass
@@ -52,7 +56,12 @@ class Services:
         db = Database(settings.data_dir / "openflr.db")
         catalog = Catalog(settings.repositories, max_age=settings.catalog_max_age)
         tasks = TaskService(db, workers=settings.task_workers)
-        mounts = MountService(db, catalog, tasks)
+        folders = FlrFolders(
+            settings.flr_root or settings.data_dir / "flr",
+            settings.data_dir / "flr-folders.json",
+            allow_other=settings.flr_allow_other,
+        )
+        mounts = MountService(db, catalog, tasks, folders)
 
         def session_ended(session_id: str) -> None:
             mounts.release_session(session_id)
@@ -63,6 +72,8 @@ class Services:
 
     def start(self) -> None:
         """Recover from the last run and start expiring idle sessions."""
+        if self.mounts.folders is not None:
+            self.mounts.folders.start()
         self.tasks.recover()
         self.sessions.expire_idle()
         self.catalog.rescan()
@@ -79,7 +90,12 @@ class Services:
         self._reaper.start()
 
     def stop(self) -> None:
-        """Stop background work and close every opened restore point."""
+        """Stop background work, close every opened restore point and unmount its folder.
+
+        Safe to call twice: the server calls it on shutdown and again when it returns.
+        """
+        if self._stop.is_set():
+            return
         self._stop.set()
         self.tasks.shutdown()
         self.mounts.close_all()

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import itertools
 import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -80,9 +81,24 @@ class _GuestPathConvertor(Convertor[str]):
 register_url_convertor("guestpath", _GuestPathConvertor())
 
 
-def create_app(services: Services) -> FastAPI:
-    """Build the ASGI application over a set of services."""
+def create_app(services: Services, on_shutdown: Callable[[], None] | None = None) -> FastAPI:
+    """Build the ASGI application over a set of services.
+
+    Args:
+        services: What the routes ask.
+        on_shutdown: Called once when the server shuts down gracefully, before it exits.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            # Here, not after the server returns: after a SIGTERM, uvicorn raises the signal
+            # again once it has shut down, and the process ends before any code after it runs.
+            await run_in_threadpool(on_shutdown)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="openflr",
         version=__version__,
         description="Veeam Backup Enterprise Manager REST API for guest file-level restore.",

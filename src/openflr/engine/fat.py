@@ -78,4 +78,11 @@ class _GuestFatEntry(FatFilesystemEntry):  # type: ignore[misc]
         if not self.is_dir():
             raise NotADirectoryError(self.path)
         for child in _children(self.entry):
-            yield FatDirEntry(self.fs, self.path, display_name(child), child)
+            yield _GuestFatDirEntry(self.fs, self.path, display_name(child), child)
+
+
+class _GuestFatDirEntry(FatDirEntry):  # type: ignore[misc]
+    """A listed FAT entry whose own entry keeps the guest's view when opened or listed."""
+
+    def get(self) -> FatFilesystemEntry:
+        return _GuestFatEntry(self.fs, self.path, self.entry)

@@ -1,0 +1,518 @@
+"""The FLR root: each mount's guest files as a read-only folder on the server, through FUSE.
+
+Every mount gets ``<flr-root>/<machine>/`` (``<machine>_2`` for a second mount of the same
+machine at once), holding one folder per drive (``C``, ``D``, ``Volume1``) and the Linux tree's
+top-level folders as they are. The folder is a FUSE file system served from this process by
+libfuse (through ``mfusepy``), one thread pool per mount, reading through the mount's
+:class:`~openflr.engine.GuestFileSystem` and its lock; the asyncio loop never waits on it.
+
+The folders openflr makes are listed in a state file in the data folder, so that after a crash
+the next start unmounts and removes exactly those, and nothing else.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from openflr.engine import GuestEntry, GuestFileSystem
+from openflr.engine.errors import (
+    EngineError,
+    GuestFileUnreadable,
+    GuestPathInvalid,
+    GuestPathNotFound,
+    IsAFolder,
+    NotAFolder,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FlrFolder", "FlrFolders", "FolderUnavailable", "folder_name"]
+
+# The data cannot change while mounted, so the kernel may keep names and attributes for long;
+# only a name that does not exist is forgotten sooner, in case a client mistyped it.
+_ENTRY_TIMEOUT = 3600
+_NEGATIVE_TIMEOUT = 60
+_MOUNT_WAIT = 15.0
+_UNMOUNT_WAIT = 5.0
+_MAX_SAME_NAME = 1000
+# A machine name is cut to this many bytes so that a suffix like "_999" still fits in the
+# 255 bytes most Linux file systems allow for one name.
+_MAX_NAME_BYTES = 200
+
+_FSNAME = "openflr"
+_FSTYPE = "fuse.openflr"
+_CAP_READDIRPLUS_AUTO = 1 << 14  # FUSE_CAP_READDIRPLUS_AUTO of libfuse 3
+_READDIR_PLUS = 1  # enum fuse_readdir_flags
+_FILL_DIR_PLUS = 2  # enum fuse_fill_dir_flags
+_NS = 1_000_000_000
+
+
+class FolderUnavailable(Exception):
+    """No folder can be made for a mount; the message says why, for the mount task's message."""
+
+
+def folder_name(machine: str) -> str:
+    """Return the folder name for a machine under the FLR root.
+
+    ``/`` and NUL (the two characters no Linux name may hold) become ``_``; a name that would be
+    empty, ``.`` or ``..`` gets a leading ``_``; a name longer than 200 bytes in UTF-8 is cut.
+    """
+    name = machine.replace("/", "_").replace("\x00", "_")
+    if name in ("", ".", ".."):
+        name = "_" + name
+    while len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES:
+        name = name[:-1]
+    return name
+
+
+class FlrFolder:
+    """One mount's folder: a FUSE file system served by its own thread until unmounted."""
+
+    def __init__(self, path: Path, thread: threading.Thread) -> None:
+        self.path = path
+        self._thread = thread
+
+    def wait_ended(self, timeout: float) -> bool:
+        """Wait for the FUSE loop to end; True if it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+class FlrFolders:
+    """The FLR root and the FUSE folders in it.
+
+    Args:
+        root: The FLR root folder; made if missing.
+        state_file: Where the folders made by openflr are listed, to clean up after a crash.
+        allow_other: Let every local user read the folders (FUSE ``allow_other``); otherwise
+            only the server's own user can.
+    """
+
+    def __init__(self, root: Path, state_file: Path, allow_other: bool = False) -> None:
+        self.root = root
+        self.state_file = state_file
+        self.allow_other = allow_other
+        self.unavailable: str | None = "not started"
+        self._fuse: Any = None
+        self._lock = threading.Lock()
+        self._made: set[str] = set()
+
+    def start(self) -> None:
+        """Clean up after a crash, check that FUSE works here, and say so in one line if not.
+
+        Call from the main thread: it keeps libfuse from taking over ``SIGHUP``.
+        """
+        self.root = self.root.absolute()
+        self._clean_stale()
+        # TODO: a trial mount would also catch a server that may open /dev/fuse but not mount
+        # (no CAP_SYS_ADMIN, no fusermount3 rights); until then the first mount's message says so.
+        try:
+            self._fuse = _load_fuse()
+            _check_device()
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o755 if self.allow_other else 0o700)
+        except (FolderUnavailable, OSError) as exc:
+            self.unavailable = str(exc)
+            log.warning("no FLR folders: %s; the API works without them", exc)
+            return
+        _keep_sighup()
+        self.unavailable = None
+        log.info("FLR folders under %s", self.root)
+
+    def attach(self, machine: str, files: GuestFileSystem, created: float) -> FlrFolder:
+        """Make a folder for a mount and serve its guest files there, read-only.
+
+        Args:
+            machine: The machine name; the folder is named after it.
+            files: The mount's guest files.
+            created: The restore point's time, shown for folders the guest gives no time.
+
+        Raises:
+            FolderUnavailable: FUSE is not available, or this mount could not be made.
+        """
+        if self.unavailable is not None:
+            raise FolderUnavailable(self.unavailable)
+        path = self._make_folder(folder_name(machine))
+        operations = _Operations(files, created, self.allow_other)
+        options: dict[str, Any] = {
+            "foreground": True,
+            "ro": True,
+            "default_permissions": True,
+            "fsname": _FSNAME,
+            "subtype": _FSNAME,
+            "entry_timeout": _ENTRY_TIMEOUT,
+            "attr_timeout": _ENTRY_TIMEOUT,
+            "negative_timeout": _NEGATIVE_TIMEOUT,
+            "kernel_cache": True,
+        }
+        if self.allow_other:
+            options["allow_other"] = True
+        failure: list[str] = []
+        fuse_class = self._fuse
+        # TODO: libfuse 3.14 prints "Ignoring invalid max threads value" to standard error at
+        # every mount (its own default); harmless, but noise in the server's output.
+
+        def serve() -> None:
+            try:
+                fuse_class(operations, os.fsdecode(path), **options)
+            except BaseException as exc:  # the thread must end with a reason, never silently
+                failure.append(f"{type(exc).__name__}: {exc}")
+
+        thread = threading.Thread(target=serve, name=f"openflr-fuse-{path.name}", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + _MOUNT_WAIT
+        while not operations.ready.wait(0.05):
+            if not thread.is_alive() or time.monotonic() > deadline:
+                break
+        if not operations.ready.is_set():
+            # libfuse itself writes the cause to standard error; the exception only says it failed.
+            why = failure[0] if failure else "no answer from the kernel in time"
+            _unmount(path)
+            self._remove_folder(path)
+            log.warning("FUSE mount at %s failed: %s", path, why)
+            raise FolderUnavailable(f"FUSE mount at {path} failed ({why})")
+        log.info("FLR folder %s mounted", path)
+        return FlrFolder(path, thread)
+
+    def detach(self, folder: FlrFolder) -> None:
+        """Unmount a folder and remove it.
+
+        A lazy unmount: the folder leaves the namespace at once even while a client still has a
+        file open in it; that client's next read fails once the mount is closed.
+        """
+        if not _unmount(folder.path):
+            log.warning("could not unmount %s; it stays until the next start", folder.path)
+            return
+        if not folder.wait_ended(_UNMOUNT_WAIT):
+            log.debug("%s: FUSE loop still ends (open files)", folder.path)
+        self._remove_folder(folder.path)
+        log.info("FLR folder %s unmounted", folder.path)
+
+    def _make_folder(self, base: str) -> Path:
+        for number in range(1, _MAX_SAME_NAME + 1):
+            name = base if number == 1 else f"{base}_{number}"
+            path = self.root / name
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise FolderUnavailable(f"cannot make {path}: {exc.strerror}") from exc
+            with self._lock:
+                self._made.add(os.fsdecode(path))
+                self._save()
+            return path
+        raise FolderUnavailable(f"{_MAX_SAME_NAME} folders named {base!r} exist in {self.root}")
+
+    def _remove_folder(self, path: Path) -> None:
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("left %s in place: %s", path, exc.strerror)
+            return
+        with self._lock:
+            self._made.discard(os.fsdecode(path))
+            self._save()
+
+    def _clean_stale(self) -> None:
+        """Unmount and remove the folders a previous run made and did not remove (a crash)."""
+        try:
+            listed = json.loads(self.state_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read %s (%s): no FLR folders cleaned up", self.state_file, exc)
+            return
+        mounted = _openflr_mounts()
+        for text in listed if isinstance(listed, list) else []:
+            if not isinstance(text, str):
+                continue
+            path = Path(text)
+            if text in mounted:
+                log.info("unmounting FLR folder %s left by an earlier run", path)
+                _unmount(path)
+            # rmdir, never a recursive delete: a folder holding anything is not ours to delete.
+            with self._lock:
+                self._made.add(text)
+            self._remove_folder(path)
+        with self._lock:
+            self._save()
+
+    def _save(self) -> None:
+        """Write the list of folders openflr made, atomically; the caller holds the lock."""
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.state_file.with_name(self.state_file.name + ".partial")
+        partial.write_text(json.dumps(sorted(self._made)), encoding="utf-8")
+        os.replace(partial, self.state_file)
+
+
+class _Operations:
+    """The FUSE callbacks over one mount's guest files.
+
+    Attribute names that match libfuse operations become callbacks; every other operation
+    answers ``ENOSYS``, and the ``ro`` mount option makes the kernel refuse every write with
+    ``EROFS`` before it reaches this class.
+    """
+
+    # TODO: reads through the folder do not refresh the logon session's idle time; a long copy
+    # with no API call ends when the session expires, and the folder goes with it.
+
+    use_ns = True
+
+    def __init__(self, files: GuestFileSystem, created: float, allow_other: bool) -> None:
+        self.ready = threading.Event()
+        self._files = files
+        self._mtime = int(created * _NS)
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+        self._dir_mode = stat.S_IFDIR | (0o555 if allow_other else 0o500)
+        self._file_mode = stat.S_IFREG | (0o444 if allow_other else 0o400)
+        self._handles: dict[int, tuple[Any, threading.Lock]] = {}
+        self._next_handle = 1
+        self._handles_lock = threading.Lock()
+        # FSRoot folder name -> guest root ("C" -> "C:"); the Linux tree "/" has no folder.
+        self._drives = {name.rstrip(":"): name for name in files.roots if name != "/"}
+        self._linux = "/" in files.roots
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        if conn is not None and hasattr(conn, "want"):
+            # Readdirplus for every chunk of a listing, not only the first: each entry then
+            # arrives with its attributes, and `ls -l` needs no lookup per name.
+            conn.want &= ~_CAP_READDIRPLUS_AUTO
+        self.ready.set()
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        if path == "/":
+            return self.attributes(None)
+        parent, _, name = path.rpartition("/")
+        return self.attributes(self._child(parent or "/", name))
+
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        """All entries at once, for libfuse 2 (libfuse 3 reads :meth:`entries` in chunks)."""
+        return [(e.name, self.attributes(e), 0) for e in self.entries(path)]
+
+    def entries(self, path: str) -> list[GuestEntry]:
+        """The entries of a folder, in the API's order."""
+        if path == "/":
+            return self._top()
+        found: list[GuestEntry] = self._engine(self._files.list_folder, self._guest_path(path))
+        return found
+
+    def readlink(self, path: str) -> str:
+        return str(self._engine(self._files.readlink, self._guest_path(path)))
+
+    def open(self, path: str, flags: int) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise OSError(errno.EROFS, "read-only")
+        stream = self._engine(self._files.open, self._guest_path(path))
+        with self._handles_lock:
+            handle = self._next_handle
+            self._next_handle += 1
+            self._handles[handle] = (stream, threading.Lock())
+        return handle
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        stream, lock = self._handles[fh]
+        try:
+            # Reads of one open file may come from several FUSE threads at once.
+            with lock:
+                stream.seek(offset)
+                return bytes(stream.read(size))
+        except (GuestFileUnreadable, ValueError) as exc:
+            log.warning("%s", exc)
+            raise OSError(errno.EIO, str(exc)) from exc
+
+    def release(self, path: str, fh: int) -> int:
+        with self._handles_lock:
+            item = self._handles.pop(fh, None)
+        if item is not None:
+            item[0].close()
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 255}
+
+    def _top(self) -> list[GuestEntry]:
+        """The mount folder's entries: the Linux tree's top level, then one folder per drive."""
+        entries = list(self._engine(self._files.list_folder, "/")) if self._linux else []
+        # TODO: a top-level Linux folder named like a drive folder ("C") is hidden by it.
+        entries = [e for e in entries if e.name not in self._drives]
+        return entries + [GuestEntry(r, d, "dir", 0, None) for d, r in self._drives.items()]
+
+    def _child(self, parent: str, name: str) -> GuestEntry:
+        if parent == "/":
+            top = next((e for e in self._top() if e.name == name), None)
+            if top is None:
+                raise OSError(errno.ENOENT, "no such entry")
+            return top
+        found: GuestEntry = self._engine(self._files.child, self._guest_path(parent), name)
+        return found
+
+    def _guest_path(self, path: str) -> str:
+        """Return the guest path of a path in the folder (``/C/Users`` is ``C:/Users``)."""
+        head, _, rest = path[1:].partition("/")
+        drive = self._drives.get(head)
+        if drive is not None:
+            return f"{drive}/{rest}" if rest else drive
+        if self._linux:
+            return path
+        raise OSError(errno.ENOENT, "no such entry")
+
+    def _engine(self, method: Callable[..., Any], *args: str) -> Any:
+        """Call the engine, turning its errors into the errno a file system reports."""
+        try:
+            return method(*args)
+        except (GuestPathNotFound, GuestPathInvalid) as exc:
+            raise OSError(errno.ENOENT, str(exc)) from exc
+        except NotAFolder as exc:
+            raise OSError(errno.ENOTDIR, str(exc)) from exc
+        except IsAFolder as exc:
+            raise OSError(errno.EISDIR, str(exc)) from exc
+        except (EngineError, ValueError) as exc:
+            log.warning("%s", exc)
+            raise OSError(errno.EIO, str(exc)) from exc
+
+    def attributes(self, entry: GuestEntry | None) -> dict[str, int]:
+        """The stat fields of an entry (None: the mount folder itself), times in nanoseconds."""
+        if entry is None or entry.kind == "dir":
+            mode, size, nlink = self._dir_mode, 0, 1
+        elif entry.kind == "symlink":
+            mode, size, nlink = stat.S_IFLNK | 0o777, entry.size, 1
+        else:
+            mode, size, nlink = self._file_mode, entry.size, 1
+        mtime = self._mtime if entry is None or entry.mtime is None else int(entry.mtime * _NS)
+        return {
+            "st_mode": mode,
+            "st_nlink": nlink,
+            "st_uid": self._uid,
+            "st_gid": self._gid,
+            "st_size": size,
+            "st_blocks": (size + 511) // 512,
+            "st_blksize": 4096,
+            "st_mtime": mtime,
+            "st_ctime": mtime,
+            "st_atime": mtime,
+        }
+
+
+def _load_fuse() -> Any:
+    """Import mfusepy over libfuse3 (libfuse2 where only that exists); return the FUSE class.
+
+    Raises:
+        FolderUnavailable: no libfuse, or no mfusepy.
+    """
+    if not os.environ.get("FUSE_LIBRARY_PATH") and not os.environ.get("FUSE_LIBRARY_NAME"):
+        # mfusepy looks for libfuse2 first; libfuse3 hands a folder listing over with the
+        # attributes of every entry (readdirplus), which makes `ls -l` one call, not one a file.
+        library = ctypes.util.find_library("fuse3")
+        if library:
+            os.environ["FUSE_LIBRARY_PATH"] = library
+    try:
+        import mfusepy
+    except ImportError as exc:
+        raise FolderUnavailable(f"the Python library mfusepy is missing ({exc})") from exc
+    except (OSError, AttributeError) as exc:
+        raise FolderUnavailable(f"no usable libfuse ({exc})") from exc
+    return _fuse_class(mfusepy)
+
+
+def _fuse_class(mfusepy: Any) -> Any:
+    """mfusepy's FUSE, with a readdir that hands the kernel each entry's attributes."""
+
+    class _Fuse(mfusepy.FUSE):  # type: ignore[misc]
+        def readdir_fuse_3(
+            self, path: bytes, buf: Any, filler: Any, offset: int, fip: Any, flags: int
+        ) -> int:
+            # mfusepy hands the kernel only each entry's type. Here every entry carries its
+            # attributes (FUSE_FILL_DIR_PLUS) and its own offset: libfuse answers readdirplus
+            # with attributes only for entries that have an offset, so `ls -l` then needs no
+            # lookup per name. The listing is the engine's cached one, read from `offset` on.
+            plus = _FILL_DIR_PLUS if flags & _READDIR_PLUS else 0
+            operations: _Operations = self.operations
+            entries = operations.entries(path.decode(self.encoding, self.errors))
+            st = mfusepy.c_stat()
+            for index in range(offset, len(entries)):
+                entry = entries[index]
+                ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+                mfusepy.set_st_attrs(st, operations.attributes(entry), use_ns=True)
+                name = entry.name.encode(self.encoding, self.errors)
+                if filler(buf, name, st, index + 1, plus):
+                    break
+            return 0
+
+    return _Fuse
+
+
+def _check_device() -> None:
+    try:
+        descriptor = os.open("/dev/fuse", os.O_RDWR)
+    except OSError as exc:
+        raise FolderUnavailable(f"no FUSE in this kernel (/dev/fuse: {exc.strerror})") from exc
+    os.close(descriptor)
+    if os.geteuid() != 0 and shutil.which("fusermount3") is None:
+        raise FolderUnavailable("fusermount3 is missing (Debian package fuse3)")
+
+
+def _keep_sighup() -> None:
+    """Make SIGHUP end the server as SIGTERM does.
+
+    libfuse takes over every signal still at its default when a folder is mounted; SIGHUP would
+    then unmount one folder and leave the server running.
+    """
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+
+        def hang_up(signum: int, frame: object) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        signal.signal(signal.SIGHUP, hang_up)
+
+
+def _unmount(path: Path) -> bool:
+    """Detach a FUSE mount (lazily); True if it is gone or was never there."""
+    text = os.fsdecode(path)
+    if text not in _openflr_mounts():
+        return True
+    for command in (["fusermount3", "-u", "-z", text], ["umount", "-l", text]):
+        if shutil.which(command[0]) is None:
+            continue
+        result = subprocess.run(command, capture_output=True, timeout=30, check=False)
+        if result.returncode == 0:
+            return True
+        log.debug("%s: %s", " ".join(command), result.stderr.decode(errors="replace").strip())
+    return text not in _openflr_mounts()
+
+
+def _openflr_mounts() -> set[str]:
+    """Return the mount points of openflr's FUSE file systems, as this process sees them."""
+    try:
+        raw = Path("/proc/self/mountinfo").read_bytes()
+    except OSError:
+        return set()
+    found = set()
+    for line in raw.splitlines():
+        fields, _, tail = line.partition(b" - ")
+        parts, rest = fields.split(b" "), tail.split(b" ")
+        if len(parts) >= 5 and len(rest) >= 2 and rest[0] == _FSTYPE.encode():
+            found.add(os.fsdecode(_unescape(parts[4])))
+    return found
+
+
+def _unescape(field: bytes) -> bytes:
+    """Undo the octal escapes of /proc/self/mountinfo (``\\040`` for a space)."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field)

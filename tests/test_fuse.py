@@ -1,0 +1,400 @@
+"""The FLR folder: every mount is also a read-only folder on the server, read with plain tools.
+
+Each test drives a real server over HTTP, then reads the folder with ``cat`` and ``find`` the way
+a backup operator would, and compares bytes and listings with the source tree and with the API.
+These tests need a kernel FUSE mount (``/dev/fuse``, root or ``fusermount3``); elsewhere they skip
+and say why, except the one that checks what the server says when it cannot make folders.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from openflr.fuse import folder_name
+from tests.conftest import PASSWORD, USER, Server, sha256, sha256_file
+from tests.emclient import EmClient, link
+from tests.fixtures import images
+
+# The files compared byte for byte, relative to the source tree.
+FILES = [
+    images.HELLO_NAME,
+    images.EMPTY_NAME,
+    images.BIG_NAME,
+    images.NFC_NAME,
+    images.NFD_NAME,
+    images.JAPANESE_NAME,
+    images.SPECIAL_NAME,
+    images.SPECIAL_DIR_FILE,
+    images.DEEP_LEAF,
+    f"{images.MANY_DIR}/f02499.txt",
+]
+
+
+def _fuse_missing() -> str | None:
+    """Say why a FUSE folder cannot be mounted here, or None when it can."""
+    try:
+        import mfusepy  # noqa: F401
+    except ImportError as exc:
+        reason = f"the Python library mfusepy is missing ({exc})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + "; CI must install it (scripts/setup)")
+        return reason
+    except OSError as exc:
+        return f"no libfuse ({exc})"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as exc:
+        return f"no FUSE in this kernel (/dev/fuse: {exc.strerror})"
+    if os.geteuid() != 0 and shutil.which("fusermount3") is None:
+        return "fusermount3 is missing (Debian package fuse3)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def fuse_ok() -> None:
+    reason = _fuse_missing()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("small") / "tree"
+    images.make_small_tree(root)
+    return root
+
+
+@pytest.fixture()
+def flr_server(fuse_ok: None, tmp_path: Path, repository: Path) -> Iterator[Server]:
+    """A server of its own whose FLR root is ``<tmp>/flr``."""
+    srv = Server(tmp_path / "data", [repository], "--flr-root", str(tmp_path / "flr")).start()
+    yield srv
+    srv.stop()
+
+
+def mount_point(client: EmClient, name: str) -> tuple[dict[str, Any], str]:
+    """Mount a restore point; return the mount and its task's result message."""
+    point = client.restore_point(name)
+    create = link(point, "Create", "AgentRestorePointMount")
+    task = client.parse(client.request("POST", create, 202))
+    task = client.wait(task)
+    assert str(task["Result"]["Success"]).lower() == "true", task
+    mount = client.get(link(task, "Related", "AgentRestorePointMount"))
+    return mount, task["Result"]["Message"]
+
+
+def folder_of(message: str) -> Path:
+    """The folder a mount task names: ``Ok; folder: /path`` (then maybe skipped volumes)."""
+    assert message.startswith("Ok; folder: "), message
+    return Path(message.removeprefix("Ok; folder: ").split("; volumes not mounted: ")[0])
+
+
+def find(folder: Path) -> set[str]:
+    """Every path below a folder as ``find`` prints it, relative; folders end with ``/``."""
+    listed = subprocess.run(
+        ["find", ".", "-mindepth", "1", "-printf", "%y %P\\0"],
+        cwd=folder,
+        capture_output=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    found = set()
+    for item in listed.split(b"\0"):
+        if item:
+            kind, _, name = item.partition(b" ")
+            found.add(os.fsdecode(name) + ("/" if kind == b"d" else ""))
+    return found
+
+
+def cat(path: Path) -> bytes:
+    return subprocess.run(["cat", str(path)], capture_output=True, check=True, timeout=300).stdout
+
+
+def mounted(path: Path) -> bool:
+    """Whether a mount (live or stale) sits at this path, from the kernel's mount table."""
+    text = os.fsencode(path).replace(b" ", b"\\040")
+    with open("/proc/self/mountinfo", "rb") as fh:
+        return any(line.split(b" ")[4] == text for line in fh)
+
+
+def wait_gone(path: Path, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while (path.exists() or mounted(path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not mounted(path), f"{path} is still mounted"
+    assert not path.exists(), f"{path} still exists"
+
+
+def test_linux_tree_reads_byte_exact_with_cat_and_find(
+    flr_server: Server, tmp_path: Path, source_tree: Path
+) -> None:
+    client = EmClient(flr_server.base)
+    client.logon(USER, PASSWORD)
+    _, message = mount_point(client, "linbox@")
+    folder = folder_of(message)
+
+    assert folder == tmp_path / "flr" / "linbox"
+    assert sorted(os.listdir(folder)) == ["boot", "etc", "home", "lost+found", "root"]
+    assert find(folder / images.LINUX_HOME) == images.tree_entries(source_tree)
+    for relative in FILES:
+        data = cat(folder / images.LINUX_HOME / relative)
+        assert sha256(data) == sha256_file(source_tree / relative), relative
+    assert cat(folder / "etc/fstab") == images.linux_fstab().encode()
+    assert cat(folder / "boot/vmlinuz-test") == b"not a real kernel: openflr test fixture\n"
+    client.logoff()
+
+
+def test_windows_drives_are_folders_c_and_d(
+    flr_server: Server, source_tree: Path, small_tree: Path
+) -> None:
+    client = EmClient(flr_server.base)
+    client.logon(USER, PASSWORD)
+    _, message = mount_point(client, "winbox@")
+    folder = folder_of(message)
+
+    assert sorted(os.listdir(folder)) == ["C", "D"]
+    assert find(folder / "C") == images.tree_entries(source_tree)
+    assert find(folder / "D") == images.tree_entries(small_tree)
+    assert cat(folder / "C" / images.BIG_NAME) == (source_tree / images.BIG_NAME).read_bytes()
+    assert (
+        cat(folder / "D" / images.SMALL_NON_ASCII)
+        == (small_tree / images.SMALL_NON_ASCII).read_bytes()
+    )
+    client.logoff()
+
+
+def test_folder_shows_the_names_sizes_and_times_the_api_lists(flr_server: Server) -> None:
+    client = EmClient(flr_server.base, as_json=True)
+    client.logon(USER, PASSWORD)
+    mount, message = mount_point(client, "linbox@")
+    folder = folder_of(message)
+    root = next(r for r in mount["FSRoots"] if r["Path"] == "/")
+    url = root["Href"] + "home/user/many?action=listAll&pageSize=10000"
+
+    listed = client.get(url)
+    from_api = {f["Name"]: (int(f["Size"]), f["ModifiedDateUTC"]) for f in listed["Files"] or []}
+    from_folder = {}
+    with os.scandir(folder / "home/user/many") as entries:
+        for item in entries:
+            st = item.stat(follow_symlinks=False)
+            when = datetime.fromtimestamp(st.st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            from_folder[item.name] = (st.st_size, when)
+
+    assert len(from_api) == 2500
+    assert from_folder == from_api
+    client.logoff()
+
+
+def test_folder_is_read_only_and_only_for_the_servers_user(flr_server: Server) -> None:
+    client = EmClient(flr_server.base)
+    client.logon(USER, PASSWORD)
+    _, message = mount_point(client, "linbox@")
+    folder = folder_of(message)
+    hello = folder / images.LINUX_HOME / images.HELLO_NAME
+
+    attempts = [
+        lambda: open(hello, "ab"),
+        lambda: open(hello, "r+b"),
+        lambda: open(folder / "new.txt", "wb"),
+        lambda: os.mkdir(folder / "new"),
+        lambda: os.unlink(hello),
+        lambda: os.rename(hello, hello.with_name("moved.txt")),
+        lambda: os.chmod(hello, 0o666),
+        lambda: os.utime(hello, (0, 0)),
+        lambda: os.truncate(hello, 0),
+        lambda: os.symlink("x", folder / "link"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(OSError) as refused:
+            attempt()
+        assert refused.value.errno == errno.EROFS
+    assert hello.read_text() == images.HELLO_TEXT
+
+    assert os.stat(folder).st_mode & 0o7777 == 0o500
+    assert os.stat(hello).st_mode & 0o7777 == 0o400
+    assert os.stat(hello).st_uid == os.getuid()
+    client.logoff()
+
+
+def test_second_mount_of_the_same_machine_gets_its_own_folder(
+    flr_server: Server, tmp_path: Path
+) -> None:
+    client = EmClient(flr_server.base)
+    client.logon(USER, PASSWORD)
+    first, first_message = mount_point(client, "volbox@")
+    second, second_message = mount_point(client, "volbox@")
+
+    assert folder_of(first_message) == tmp_path / "flr" / "volbox"
+    assert folder_of(second_message) == tmp_path / "flr" / "volbox_2"
+    assert (tmp_path / "flr/volbox_2" / images.HELLO_NAME).read_text() == images.HELLO_TEXT
+
+    client.request("DELETE", link(first, "Delete"), 204)
+    wait_gone(tmp_path / "flr" / "volbox")
+    assert (tmp_path / "flr/volbox_2" / images.HELLO_NAME).read_text() == images.HELLO_TEXT
+    client.logoff()
+
+
+def test_folder_is_gone_after_delete_of_the_mount(flr_server: Server) -> None:
+    client = EmClient(flr_server.base)
+    client.logon(USER, PASSWORD)
+    mount, message = mount_point(client, "volbox@")
+    folder = folder_of(message)
+    assert (folder / images.HELLO_NAME).is_file()
+
+    client.request("DELETE", link(mount, "Delete"), 204)
+
+    wait_gone(folder)
+    client.logoff()
+
+
+def test_folder_is_gone_after_logoff(flr_server: Server) -> None:
+    client = EmClient(flr_server.base)
+    client.logon(USER, PASSWORD)
+    _, message = mount_point(client, "volbox@")
+    folder = folder_of(message)
+    assert (folder / images.HELLO_NAME).is_file()
+
+    client.logoff()
+
+    wait_gone(folder)
+
+
+def test_folder_is_gone_after_idle_expiry(fuse_ok: None, tmp_path: Path, repository: Path) -> None:
+    flr = tmp_path / "flr"
+    srv = Server(
+        tmp_path / "data", [repository], "--flr-root", str(flr), "--session-timeout", "2"
+    ).start()
+    try:
+        client = EmClient(srv.base)
+        client.logon(USER, PASSWORD)
+        _, message = mount_point(client, "volbox@")
+        folder = folder_of(message)
+        assert (folder / images.HELLO_NAME).is_file()
+
+        wait_gone(folder, timeout=20)
+    finally:
+        srv.stop()
+
+
+def test_parallel_readers_get_exact_bytes_and_the_api_stays_responsive(
+    flr_server: Server, source_tree: Path
+) -> None:
+    client = EmClient(flr_server.base)
+    client.logon(USER, PASSWORD)
+    _, message = mount_point(client, "winbox@")
+    big = folder_of(message) / "C" / images.BIG_NAME
+    expected = sha256_file(source_tree / images.BIG_NAME)
+    results: list[str] = []
+
+    def read() -> None:
+        results.append(sha256(cat(big)))
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    slowest = 0.0
+    for _ in range(50):
+        if not any(r.is_alive() for r in readers):
+            break
+        started = time.monotonic()
+        assert httpx.get(flr_server.base, timeout=30).status_code == 200
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.05)
+    for reader in readers:
+        reader.join(300)
+
+    assert results == [expected] * 4
+    # Not a timing assertion: only that the API answered while the folder was being read.
+    assert slowest < 30
+    client.logoff()
+
+
+def test_stale_folder_of_a_killed_server_is_cleaned_up_at_restart(
+    fuse_ok: None, tmp_path: Path, repository: Path
+) -> None:
+    flr = tmp_path / "flr"
+    args = ("--flr-root", str(flr))
+    srv = Server(tmp_path / "data", [repository], *args).start()
+    client = EmClient(srv.base)
+    client.logon(USER, PASSWORD)
+    mount, message = mount_point(client, "volbox@")
+    folder = folder_of(message)
+    # Folders openflr did not make: one empty, one holding a file; neither may be touched.
+    (flr / "someone-else").mkdir()
+    (flr / "someone-else/keep.txt").write_text("not openflr's\n")
+    (flr / "empty-but-not-ours").mkdir()
+
+    assert srv.process is not None
+    srv.process.send_signal(signal.SIGKILL)
+    srv.process.wait(10)
+    assert mounted(folder)
+    with pytest.raises(OSError) as stale:
+        os.listdir(folder)
+    assert stale.value.errno == errno.ENOTCONN
+
+    restarted = Server(tmp_path / "data", [repository], *args)
+    restarted.port = srv.port
+    restarted.base = srv.base
+    restarted.start()
+    try:
+        assert not mounted(folder)
+        assert not folder.exists()
+        assert (flr / "someone-else/keep.txt").read_text() == "not openflr's\n"
+        assert (flr / "empty-but-not-ours").is_dir()
+
+        # The mount record survived the restart: using it again brings its folder back.
+        again = EmClient(restarted.base)
+        again.token = client.token
+        again.get(mount["Href"])
+        assert (folder / images.HELLO_NAME).read_text() == images.HELLO_TEXT
+    finally:
+        restarted.stop()
+    wait_gone(folder)
+
+
+def test_without_fuse_the_api_works_and_the_task_says_no_folder(
+    tmp_path: Path, repository: Path
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the FLR root would go\n")
+    srv = Server(tmp_path / "data", [repository], "--flr-root", str(blocker / "flr")).start()
+    try:
+        client = EmClient(srv.base)
+        client.logon(USER, PASSWORD)
+        mount, message = mount_point(client, "volbox@")
+
+        assert message.startswith("Ok; no FUSE folder: "), message
+        assert [r["Path"] for r in mount["FSRoots"]] == ["/"]
+        assert sum("no FLR folders" in line for line in srv.log().splitlines()) == 1
+        client.logoff()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize(
+    ("machine", "folder"),
+    [
+        ("web01", "web01"),
+        ("dc/primary", "dc_primary"),
+        ("nul\x00byte", "nul_byte"),
+        ("..", "_.."),
+        (".", "_."),
+        ("", "_"),
+        ("ü" * 150, "ü" * 100),
+    ],
+)
+def test_machine_names_become_safe_folder_names(machine: str, folder: str) -> None:
+    assert folder_name(machine) == folder
