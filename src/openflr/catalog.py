@@ -16,6 +16,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,6 +139,10 @@ class _Index:
     moments: dict[str, PointInTime]
     computers: dict[str, Computer]
     moment_of: dict[str, str]
+
+    def restricted(self, keep: Callable[[RestorePoint], bool]) -> _Index:
+        """The index of only the restore points ``keep`` accepts."""
+        return _Index.build({i: p for i, p in self.points.items() if keep(p)})
 
     @classmethod
     def build(cls, points: dict[str, RestorePoint]) -> _Index:

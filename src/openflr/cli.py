@@ -54,6 +54,7 @@ def _services(
     public_url: str | None = None,
     flr_root: Path | None = None,
     flr_allow_other: bool = False,
+    logon_backoff_cap: float = 30.0,
 ) -> object:
     from openflr.services import Services, Settings
 
@@ -66,6 +67,7 @@ def _services(
             public_url=public_url,
             flr_root=flr_root,
             flr_allow_other=flr_allow_other,
+            logon_backoff_cap=logon_backoff_cap,
         )
     )
 
@@ -77,8 +79,41 @@ def user_add(
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from standard input.")
     ] = False,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            "--role",
+            help="PortalAdministrator (sees every machine), RestoreOperator "
+            "or PortalUser (see only their --scope). Default for a new user: "
+            "PortalAdministrator; an existing user keeps theirs.",
+        ),
+    ] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            help="A machine name or glob pattern (web-*) the user may "
+            "restore from; repeat for several. Replaces the user's scope.",
+        ),
+    ] = None,
+    allow_ext: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-ext",
+            help="Only files with this extension may be downloaded "
+            "(.docx); repeat for several; --allow-ext '' clears the list.",
+        ),
+    ] = None,
+    deny_ext: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--deny-ext",
+            help="Files with this extension may not be downloaded "
+            "(.exe); repeat for several; --deny-ext '' clears the list.",
+        ),
+    ] = None,
 ) -> None:
-    """Create a user, or set a new password for an existing one."""
+    """Create a user, or set a new password (and role, scope, extension rules) for one."""
     from openflr.services import Services
 
     if password_stdin:
@@ -89,7 +124,14 @@ def user_add(
     services = _services(data_dir, [])
     assert isinstance(services, Services)
     try:
-        created = services.users.add(name, password)
+        created = services.users.add(
+            name,
+            password,
+            role=role,
+            scope=scope,
+            allowed_extensions=allow_ext,
+            denied_extensions=deny_ext,
+        )
     except ValueError as exc:
         typer.echo(f"openflr: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -122,6 +164,14 @@ def serve(
     session_timeout: Annotated[
         float, typer.Option("--session-timeout", help="Idle seconds before a logon session ends.")
     ] = 900.0,
+    logon_backoff_cap: Annotated[
+        float,
+        typer.Option(
+            "--logon-backoff-cap",
+            help="Longest wait, in seconds, that repeated "
+            "failed logons impose on a user name or an address.",
+        ),
+    ] = 30.0,
     public_url: Annotated[
         str | None,
         typer.Option(
@@ -174,6 +224,7 @@ def serve(
         public_url=public_url,
         flr_root=flr_root,
         flr_allow_other=flr_allow_other,
+        logon_backoff_cap=logon_backoff_cap,
     )
     assert isinstance(services, Services)
     user_line = _ensure_initial_user(services, data_dir)
@@ -210,7 +261,17 @@ def serve(
     services.start()
     application = create_app(services, on_shutdown=services.stop)
     try:
-        uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, **ssl)  # type: ignore[arg-type]
+        uvicorn.run(
+            application,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            # Let headers up to 256 KiB reach openflr, which answers over 16 KiB with a 431 in
+            # the API's Error shape instead of the HTTP layer's bare 400.
+            h11_max_incomplete_event_size=256 * 1024,
+            **ssl,  # type: ignore[arg-type]
+        )
     finally:
         services.stop()
 
@@ -244,6 +305,44 @@ def _configure_logging(level: str) -> None:
     )
     for noisy in ("dissect", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def audit(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the last N events.")] = None,
+) -> None:
+    """Print the audit log: logons (and failed ones), logoffs, mounts, restores, downloads."""
+    import dataclasses
+    import json
+
+    from openflr.services import Services
+
+    services = _services(data_dir, [])
+    assert isinstance(services, Services)
+    try:
+        for event in services.audit.events(limit=limit):
+            if as_json:
+                typer.echo(json.dumps(dataclasses.asdict(event), ensure_ascii=True))
+                continue
+            fields = [
+                event.time,
+                event.event,
+                f"user={event.user or '-'}",
+                f"address={event.address or '-'}",
+            ]
+            if event.restore_point_name:
+                fields.append(f"point={event.restore_point_name!r}")
+            if event.guest_path:
+                fields.append(f"path={event.guest_path!r}")
+            if event.bytes_sent is not None:
+                fields.append(f"bytes={event.bytes_sent}")
+            if event.outcome:
+                fields.append(f"outcome={event.outcome!r}")
+            typer.echo(" ".join(fields))
+    finally:
+        services.db.close()
 
 
 @app.command()

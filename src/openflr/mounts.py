@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, or_, select
 
+from openflr.audit import AuditLog
 from openflr.catalog import Catalog, RestorePoint
 from openflr.engine import EngineError, OpenedRestorePoint, open_restore_point
 from openflr.engine.errors import UnsupportedBackup
@@ -58,13 +59,31 @@ class MountService:
         self._lock = threading.Lock()
         # Mount records change under this lock: numbering reads the highest number and inserts
         # the next, and an unmount must find a live record exactly once.
+        self.audit: AuditLog | None = None
         self._records = threading.Lock()
 
-    def start_mount(self, session_id: str, point: RestorePoint) -> Task:
+    def start_mount(
+        self,
+        session_id: str,
+        point: RestorePoint,
+        user: str | None = None,
+        address: str | None = None,
+    ) -> Task:
         """Start the task that mounts a restore point for a logon session."""
 
         def work(task_number: int) -> TaskOutcome:
-            return self._mount(session_id, point, task_number)
+            outcome = self._mount(session_id, point, task_number)
+            if self.audit is not None:
+                self.audit.record(
+                    "mount",
+                    user=user,
+                    address=address,
+                    session=session_id,
+                    restore_point=point.id,
+                    restore_point_name=point.name,
+                    outcome=("ok" if outcome.success else "failed") + f": {outcome.message}",
+                )
+            return outcome
 
         return self.tasks.start(session_id, "MountRestorePoint", work, restore_point_id=point.id)
 

@@ -7,12 +7,14 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from openflr.audit import AuditLog
 from openflr.catalog import Catalog
 from openflr.fuse import FlrFolders
 from openflr.mounts import MountService
 from openflr.sessions import SessionService, UserService
 from openflr.store import Database
 from openflr.tasks import TaskService
+from openflr.throttle import LogonThrottle
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class Settings:
     task_workers: int = 4
     secure_cookies: bool = True
     public_url: str | None = None
+    logon_backoff_cap: float = 30.0
     # None: <data_dir>/flr.
     flr_root: Path | None = None
     flr_allow_other: bool = False
@@ -46,6 +49,8 @@ class Services:
     tasks: TaskService
     mounts: MountService
     sessions: SessionService
+    audit: AuditLog
+    throttle: LogonThrottle
     _reaper: threading.Thread | None = field(default=None, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -67,8 +72,11 @@ class Services:
             mounts.release_session(session_id)
             tasks.drop_session(session_id)
 
-        sessions = SessionService(db, settings.session_timeout, on_end=session_ended)
-        return cls(settings, db, UserService(db), catalog, tasks, mounts, sessions)
+        audit = AuditLog(db, settings.data_dir)
+        mounts.audit = audit
+        sessions = SessionService(db, settings.session_timeout, on_end=session_ended, audit=audit)
+        throttle = LogonThrottle(cap=settings.logon_backoff_cap)
+        return cls(settings, db, UserService(db), catalog, tasks, mounts, sessions, audit, throttle)
 
     def start(self) -> None:
         """Recover from the last run and start expiring idle sessions."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -19,6 +20,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 
+from openflr.access import ROLES, Access, normalise_extensions
+from openflr.audit import AuditLog
 from openflr.store import Database, LogonSessionRow, UserRow, as_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -63,15 +66,33 @@ class UserService:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add(self, name: str, password: str, role: str = "PortalAdministrator") -> bool:
+    def add(
+        self,
+        name: str,
+        password: str,
+        role: str | None = None,
+        scope: list[str] | None = None,
+        allowed_extensions: list[str] | None = None,
+        denied_extensions: list[str] | None = None,
+    ) -> bool:
         """Create the user, or set a new password for an existing one.
+
+        Args:
+            role: One of :data:`openflr.access.ROLES`; None keeps an existing user's role
+                (a new user is a Portal Administrator).
+            scope: Machine names or glob patterns a Restore Operator may restore from; None
+                keeps the existing scope.
+            allowed_extensions: Only these file extensions may be downloaded; None keeps.
+            denied_extensions: These file extensions may not be downloaded; None keeps.
 
         Returns:
             True when the user was created, False when it existed and was updated.
 
         Raises:
-            ValueError: the name or the password is not acceptable.
+            ValueError: the name, the password or the role is not acceptable.
         """
+        if role is not None and role not in ROLES:
+            raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
         if not _USER_NAME.match(name):
             raise ValueError(
                 f"invalid user name {name!r}: 1 to 256 characters, without control characters, "
@@ -83,12 +104,41 @@ class UserService:
         password_hash = _hasher.hash(password)
         with self.db.session() as session:
             user = session.get(UserRow, name)
+            created = user is None
             if user is None:
-                session.add(UserRow(name=name, password_hash=password_hash, role=role))
-                return True
+                user = UserRow(
+                    name=name,
+                    password_hash=password_hash,
+                    role=role or "PortalAdministrator",
+                    scope="[]",
+                    allowed_extensions="[]",
+                    denied_extensions="[]",
+                )
+                session.add(user)
             user.password_hash = password_hash
-            user.role = role
-            return False
+            if role is not None:
+                user.role = role
+            if scope is not None:
+                user.scope = json.dumps([p.strip() for p in scope if p.strip()])
+            if allowed_extensions is not None:
+                user.allowed_extensions = json.dumps(normalise_extensions(allowed_extensions))
+            if denied_extensions is not None:
+                user.denied_extensions = json.dumps(normalise_extensions(denied_extensions))
+            return created
+
+    def access(self, name: str) -> Access:
+        """What a user may do; a user removed since logon may do nothing."""
+        with self.db.session() as session:
+            user = session.get(UserRow, name)
+            if user is None:
+                return Access(user=name, role="RestoreOperator")
+            return Access(
+                user=name,
+                role=user.role,
+                scope=tuple(json.loads(user.scope or "[]")),
+                allowed_extensions=tuple(json.loads(user.allowed_extensions or "[]")),
+                denied_extensions=tuple(json.loads(user.denied_extensions or "[]")),
+            )
 
     def count(self) -> int:
         """Return how many users exist."""
@@ -121,10 +171,17 @@ class SessionService:
             what the session owned.
     """
 
-    def __init__(self, db: Database, timeout: float, on_end: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        timeout: float,
+        on_end: Callable[[str], None],
+        audit: AuditLog | None = None,
+    ) -> None:
         self.db = db
         self.timeout = timedelta(seconds=timeout)
         self.on_end = on_end
+        self.audit = audit
         # Sessions with a request in flight (a long download, say) are not idle, however long
         # ago the request started: ending them would cut the download off.
         self._busy: Counter[str] = Counter()
@@ -194,15 +251,20 @@ class SessionService:
             row = session.get(LogonSessionRow, session_id)
             return _to_session(row) if row is not None else None
 
-    def end(self, session_id: str, reason: str) -> bool:
+    def end(self, session_id: str, reason: str, address: str | None = None) -> bool:
         """End a session and release what it owned. Returns False if it did not exist."""
         with self.db.session() as session:
             row = session.get(LogonSessionRow, session_id)
             if row is None:
                 return False
+            user_name = row.user_name
             session.delete(row)
         log.info("logon session %s ended (%s)", session_id, reason)
         self.on_end(session_id)
+        if self.audit is not None:
+            self.audit.record(
+                "logoff", user=user_name, address=address, session=session_id, outcome=reason
+            )
         return True
 
     def expire_idle(self) -> int:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "AuditRow",
     "Base",
     "Database",
     "LogonSessionRow",
@@ -51,6 +52,29 @@ class UserRow(Base):
     password_hash: Mapped[str] = mapped_column(String(512))
     role: Mapped[str] = mapped_column(String(64), default="PortalAdministrator")
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # JSON lists: machine name patterns of a restore scope; file extensions allowed or refused.
+    scope: Mapped[str] = mapped_column(Text, default="[]")
+    allowed_extensions: Mapped[str] = mapped_column(Text, default="[]")
+    denied_extensions: Mapped[str] = mapped_column(Text, default="[]")
+
+
+class AuditRow(Base):
+    """One audited event; the same record also goes to ``audit.jsonl`` in the data folder."""
+
+    __tablename__ = "audit"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    user_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    session_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    restore_point_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    restore_point_name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    guest_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    bytes_sent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    outcome: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class LogonSessionRow(Base):

@@ -24,9 +24,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from openflr import __version__
+from openflr.access import Access
 from openflr.api.common import (
     entity_format,
     make_view,
@@ -38,15 +39,15 @@ from openflr.api.common import (
 from openflr.api.download import file_response, folder_response
 from openflr.api.errors import ApiError
 from openflr.api.inventory import Inventory
-from openflr.api.negotiation import parse_body, query
+from openflr.api.negotiation import parse_body, query, read_body
 from openflr.catalog import RestorePoint
 from openflr.engine import GuestEntry
 from openflr.engine.errors import EngineError, GuestPathInvalid, GuestPathNotFound, NotAFolder
 from openflr.mounts import Mount, MountGone
-from openflr.representation import Node
+from openflr.representation import Node, encode
 from openflr.representation import resources as rep
 from openflr.services import Services
-from openflr.sessions import LogonSession, SessionService
+from openflr.sessions import LogonSession, SessionService, normalise_user_name
 from openflr.tasks import Task, TaskOutcome, parse_task_id
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ __all__ = ["create_app"]
 
 SESSION_HEADER = "X-RestSvcSessionId"
 MAX_PAGE_SIZE = 10_000
+MAX_HEADER_BYTES = 16 * 1024
 _MAX_INT32 = 2**31 - 1
 _VERSION = re.compile(r"^(latest|v?\d+([._]\d+)*)$", re.I)
 _ACTIONS = {"listall": "listAll", "listdirs": "listDirs", "listfiles": "listFiles"}
@@ -193,12 +195,30 @@ class _Api:
             raise ApiError(400, f"Unknown API version {version!r}: use v=latest or v1_5..v1_7.")
 
         name, password = _basic_credentials(request)
+        address = _client(request)
+        keys = (f"user:{normalise_user_name(name).lower()}", f"address:{address}")
+        throttle = self.services.throttle
+        wait = throttle.wait_needed(*keys)
+        if wait > 0:
+            retry = str(max(1, math.ceil(wait)))
+            raise ApiError(
+                429, f"Too many failed logons; try again in {retry} s.", {"Retry-After": retry}
+            )
+
         account = await run_in_threadpool(self.services.users.verify, name, password)
         if account is None:
-            log.info("logon refused for user %r from %s", name, _client(request))
+            throttle.failed(*keys)
+            log.info("logon refused for user %r from %s", name, address)
+            await run_in_threadpool(
+                self.services.audit.record, "logon-failed", user=name[:256], address=address
+            )
             raise ApiError(401, "The user name or password is incorrect.")
 
+        throttle.succeeded(*keys)
         session, token = await run_in_threadpool(self.services.sessions.create, account)
+        await run_in_threadpool(
+            self.services.audit.record, "logon", user=account, address=address, session=session.id
+        )
         request.scope.setdefault("state", {})["session_id"] = session.id
         urls = urls_of(request)
         cookie = f"{SESSION_HEADER}={token}; Path=/api; HttpOnly"
@@ -226,20 +246,24 @@ class _Api:
         session = await self._session(request)
         if session_id.strip("{}").lower() != session.id:
             raise ApiError(404, f"No logon session {session_id} is visible to this session.")
-        await run_in_threadpool(self.services.sessions.end, session.id, "logoff")
+        await run_in_threadpool(self.services.sessions.end, session.id, "logoff", _client(request))
         return Response(status_code=204)
 
     # -- restore points ------------------------------------------------------------------------
 
     async def agents(self, request: Request) -> Response:
         await self._session(request)
-        view = await run_in_threadpool(make_view, request, self.services)
+        view = await run_in_threadpool(
+            make_view, request, self.services, await self._access(request)
+        )
         return respond(request, view.agents_service())
 
     async def list_restore_points(self, request: Request) -> Response:
         await self._session(request)
         kind = _family(request)
-        view = await run_in_threadpool(make_view, request, self.services)
+        view = await run_in_threadpool(
+            make_view, request, self.services, await self._access(request)
+        )
         points = [p for p in view.index.points.values() if p.kind == kind]
         points.sort(key=lambda p: (p.created, p.machine, p.id))
         return respond(request, restore_points_tree(view, points, entity_format(request), kind))
@@ -247,7 +271,9 @@ class _Api:
     async def get_restore_point(self, request: Request, point_id: str) -> Response:
         await self._session(request)
         point = await self._restore_point(request, point_id)
-        view = await run_in_threadpool(make_view, request, self.services)
+        view = await run_in_threadpool(
+            make_view, request, self.services, await self._access(request)
+        )
         up = view.point_up_links(point)
         if entity_format(request):
             return respond(request, rep.restore_point_entity(view.urls, point, up))
@@ -259,8 +285,14 @@ class _Api:
         """``POST …/mounts``: 202 with a Running task; the mount opens in the background."""
         session = await self._session(request)
         point = await self._restore_point(request, point_id)
-        kind, _ = parse_body(await request.body())
-        task = await run_in_threadpool(self.services.mounts.start_mount, session.id, point)
+        kind, _ = parse_body(await read_body(request))
+        task = await run_in_threadpool(
+            self.services.mounts.start_mount,
+            session.id,
+            point,
+            session.user_name,
+            _client(request),
+        )
         return respond(request, self._task_tree(request, task), 202, body_kind=kind)
 
     async def list_mounts(self, request: Request, point_id: str) -> Response:
@@ -285,6 +317,16 @@ class _Api:
         )
         if not done:
             raise ApiError(404, f"No mount {number} of restore point {point.id} in this session.")
+        await run_in_threadpool(
+            self.services.audit.record,
+            "unmount",
+            user=session.user_name,
+            address=_client(request),
+            session=session.id,
+            restore_point=point.id,
+            restore_point_name=point.name,
+            outcome=f"mount {mount_number}",
+        )
         return Response(status_code=204)
 
     # -- guest files ---------------------------------------------------------------------------
@@ -335,7 +377,7 @@ class _Api:
         if action != "restore":
             raise ApiError(400, "POST on a guest path needs ?action=restore.")
 
-        kind, body = parse_body(await request.body())
+        kind, body = parse_body(await read_body(request))
         spec = _restore_spec(body)
         if "tooriginallocation" in spec:
             # TODO: restore to the original location needs a channel to the protected machine.
@@ -348,7 +390,25 @@ class _Api:
             raise ApiError(400, "FileRestoreSpec needs ForDirectDownload.")
 
         entry = await run_in_threadpool(_stat, mount, guest_path or "/")
+        access = await self._access(request)
+        if entry.kind != "dir" and not access.may_download(entry.name):
+            raise ApiError(
+                403,
+                f"Access denied: {access.user} may not restore files like "
+                f"{entry.name!r} (file extension rules).",
+            )
         task = await run_in_threadpool(self._start_restore, request, mount, entry)
+        await run_in_threadpool(
+            self.services.audit.record,
+            "restore",
+            user=access.user,
+            address=_client(request),
+            session=mount.session_id,
+            restore_point=mount.restore_point.id,
+            restore_point_name=mount.restore_point.name,
+            guest_path=entry.path,
+            outcome=task.task_id,
+        )
         return respond(request, self._task_tree(request, task), 202, body_kind=kind)
 
     def _start_restore(self, request: Request, mount: Mount, entry: GuestEntry) -> Task:
@@ -374,27 +434,71 @@ class _Api:
     async def _download(self, request: Request, mount: Mount, entry: GuestEntry) -> Response:
         files = mount.opened.files
         head = request.scope.get("openflr.method") == "HEAD"
+        access = await self._access(request)
         if entry.kind == "dir":
             zip_name = (entry.name.rstrip(":/") or "root") + ".zip"
             log.info(
-                "download of folder %s from mount %s@%d",
+                "download of folder %r from mount %s@%d",
                 entry.path,
                 mount.restore_point.id,
                 mount.number,
             )
-            return await run_in_threadpool(folder_response, files, entry, zip_name, head)
-        if entry.kind == "symlink":
-            raise ApiError(400, f"{entry.path} is a symbolic link; download its target instead.")
-        log.info(
-            "download of %s (%d bytes) from mount %s@%d",
-            entry.path,
-            entry.size,
-            mount.restore_point.id,
-            mount.number,
-        )
-        return await run_in_threadpool(
-            file_response, files, entry, request.headers.get("range"), head
-        )
+            response = await run_in_threadpool(
+                folder_response, files, entry, zip_name, head, access.may_download
+            )
+        else:
+            if entry.kind == "symlink":
+                raise ApiError(
+                    400, f"{entry.path} is a symbolic link; download its target instead."
+                )
+            if not access.may_download(entry.name):
+                raise ApiError(
+                    403,
+                    f"Access denied: {access.user} may not download files "
+                    f"like {entry.name!r} (file extension rules).",
+                )
+            log.info(
+                "download of %r (%d bytes) from mount %s@%d",
+                entry.path,
+                entry.size,
+                mount.restore_point.id,
+                mount.number,
+            )
+            response = await run_in_threadpool(
+                file_response, files, entry, request.headers.get("range"), head
+            )
+        if not head and isinstance(response, StreamingResponse):
+            response.body_iterator = self._audited(
+                response.body_iterator, request, access, mount, entry
+            )
+        return response
+
+    async def _audited(
+        self, body: Any, request: Request, access: Access, mount: Mount, entry: GuestEntry
+    ) -> AsyncIterator[bytes | str | memoryview]:
+        """Pass a download's body through, then audit it with the bytes actually sent."""
+        sent = 0
+        outcome = "complete"
+        try:
+            async for chunk in body:
+                sent += len(chunk)
+                yield chunk
+        except BaseException:
+            outcome = "interrupted"
+            raise
+        finally:
+            await run_in_threadpool(
+                self.services.audit.record,
+                "download",
+                user=access.user,
+                address=_client(request),
+                session=mount.session_id,
+                restore_point=mount.restore_point.id,
+                restore_point_name=mount.restore_point.name,
+                guest_path=entry.path,
+                bytes_sent=sent,
+                outcome=outcome,
+            )
 
     async def _listing(
         self,
@@ -481,7 +585,22 @@ class _Api:
         if point is None or point.kind != kind:
             family = "VM" if kind == "vm" else "agent"
             raise ApiError(404, f"No {family} restore point {point_id}.")
+        access = await self._access(request)
+        if not access.sees(point.machine):
+            raise ApiError(
+                403,
+                f"Access denied: {point.machine} is outside the restore scope of {access.user}.",
+            )
         return point
+
+    async def _access(self, request: Request) -> Access:
+        """What the request's user may do (looked up once per request)."""
+        state = request.scope.setdefault("state", {})
+        if "access" not in state:
+            session = await self._session(request)
+            state["access"] = await run_in_threadpool(self.services.users.access, session.user_name)
+        access: Access = state["access"]
+        return access
 
     async def _mount(self, request: Request, point_id: str, number: str) -> Mount:
         session = await self._session(request)
@@ -568,6 +687,26 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "-"
 
 
+async def _send_error(scope: Scope, send: Any, status: int, message: str) -> None:
+    """Answer in the Error shape from below the routing layer."""
+    accept = b""
+    for key, value in scope.get("headers", []):
+        if key == b"accept":
+            accept = value
+    body, media_type = encode(rep.error(status, message), b"json" in accept.lower())
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", media_type.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class _CanonicalPath:
     """Make hand-built URLs route: API names in any case, trailing slashes, the URN form of ids.
 
@@ -592,6 +731,16 @@ class _CanonicalPath:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            header_bytes = sum(len(k) + len(v) for k, v in scope.get("headers", []))
+            if header_bytes > MAX_HEADER_BYTES:
+                await _send_error(
+                    scope,
+                    send,
+                    431,
+                    f"The request headers are larger than {MAX_HEADER_BYTES // 1024} KiB.",
+                )
+                return
         if scope["type"] == "http" and scope["method"] == "HEAD":
             # HEAD is GET without the body, on every resource: route it as GET and drop the
             # body on the way out (downloads see the flag and do not open the file at all).

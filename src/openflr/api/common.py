@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from starlette.requests import Request
 from starlette.responses import Response
 
+from openflr.access import Access
 from openflr.api.negotiation import query, wants_json
 from openflr.catalog import RestorePoint
 from openflr.representation import Collection, Node, encode
@@ -39,12 +40,17 @@ def urls_of(request: Request) -> rep.Urls:
     return rep.Urls(api=f"{base}/api")
 
 
-def make_view(request: Request, services: Services) -> View:
+def make_view(request: Request, services: Services, access: Access | None = None) -> View:
     """URLs, the catalog index and the server, for builders that link resources together.
 
-    Reads the catalog (which may rescan the repositories): call it off the event loop.
+    With ``access``, the index holds only the restore points the user may see, so every list,
+    link and query built from it leaves the others out. Reads the catalog (which may rescan the
+    repositories): call it off the event loop.
     """
-    return View(urls_of(request), services.catalog.index(), _SERVER)
+    index = services.catalog.index()
+    if access is not None and not access.unrestricted:
+        index = index.restricted(lambda point: access.sees(point.machine))
+    return View(urls_of(request), index, _SERVER)
 
 
 def respond(

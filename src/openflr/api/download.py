@@ -10,7 +10,7 @@ import logging
 import re
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -160,7 +160,11 @@ class _Sink:
 
 
 def folder_response(
-    files: GuestFileSystem, folder: GuestEntry, zip_name: str, head: bool = False
+    files: GuestFileSystem,
+    folder: GuestEntry,
+    zip_name: str,
+    head: bool = False,
+    may_download: Callable[[str], bool] | None = None,
 ) -> Response:
     """Stream a guest folder as a zip (stored, zip64 where sizes need it).
 
@@ -193,6 +197,9 @@ def folder_response(
                     info.external_attr = 0o40755 << 16 | 0x10
                     archive.writestr(info, b"")
                 elif entry.kind == "file":
+                    if may_download is not None and not may_download(entry.name):
+                        errors.append(f"{name}: left out: its file extension is not allowed")
+                        continue
                     yield from _add_file(archive, files, entry, name, sink, errors)
                     count += 1
                 else:

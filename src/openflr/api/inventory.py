@@ -102,8 +102,9 @@ class Inventory:
         add("/api/lookup", self.lookup, methods=["GET"])
 
     async def _view(self, request: Request) -> View:
-        await self.authenticate(request)
-        return await run_in_threadpool(make_view, request, self.services)
+        session = await self.authenticate(request)
+        access = await run_in_threadpool(self.services.users.access, session.user_name)
+        return await run_in_threadpool(make_view, request, self.services, access)
 
     # -- backup server -------------------------------------------------------------------------
 
@@ -231,7 +232,8 @@ class Inventory:
 
     async def query_service(self, request: Request) -> Response:
         session = await self.authenticate(request)
-        view = await run_in_threadpool(make_view, request, self.services)
+        access = await run_in_threadpool(self.services.users.access, session.user_name)
+        view = await run_in_threadpool(make_view, request, self.services, access)
         return respond(request, view.query_service(f"{view.api}/logonSessions/{session.id}"))
 
     async def run_query(self, request: Request) -> Response:
@@ -245,7 +247,8 @@ class Inventory:
                 400,
                 f"Unknown query type {params.get('type')!r}: use one of {', '.join(QUERY_FIELDS)}.",
             )
-        view = await run_in_threadpool(make_view, request, self.services)
+        access = await run_in_threadpool(self.services.users.access, session.user_name)
+        view = await run_in_threadpool(make_view, request, self.services, access)
         records = await run_in_threadpool(self._records, request, view, type_name, session)
         try:
             page_records, number, size, count = run_query(records, QUERY_FIELDS[type_name], params)
@@ -384,7 +387,8 @@ class Inventory:
 
     async def lookup_service(self, request: Request) -> Response:
         session = await self.authenticate(request)
-        view = await run_in_threadpool(make_view, request, self.services)
+        access = await run_in_threadpool(self.services.users.access, session.user_name)
+        view = await run_in_threadpool(make_view, request, self.services, access)
         return respond(request, view.lookup_service(f"{view.api}/logonSessions/{session.id}"))
 
     async def lookup(self, request: Request) -> Response:

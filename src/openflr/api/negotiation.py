@@ -10,7 +10,7 @@ from starlette.requests import Request
 
 from openflr.api.errors import ApiError
 
-__all__ = ["body_kind", "parse_body", "query", "wants_json"]
+__all__ = ["body_kind", "parse_body", "query", "read_body", "wants_json"]
 
 MAX_BODY = 1 << 20
 
@@ -52,6 +52,21 @@ def body_kind(raw: bytes) -> str | None:
 _XML_PARSER = etree.XMLParser(
     resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, remove_comments=True
 )
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused with 413 as soon as it passes 1 MiB (never buffered whole)."""
+    declared = request.headers.get("content-length", "").strip()
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY:
+        raise ApiError(413, "The request body is larger than 1 MiB.")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, "The request body is larger than 1 MiB.")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def parse_body(raw: bytes) -> tuple[str | None, dict[str, Any]]:
