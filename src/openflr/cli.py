@@ -267,6 +267,9 @@ def serve(
             port=port,
             log_level="warning",
             access_log=False,
+            # Clients poll tasks and page listings with pauses; a short keep-alive makes the
+            # server close connections just as a client reuses them ("connection reset").
+            timeout_keep_alive=75,
             # Let headers up to 256 KiB reach openflr, which answers over 16 KiB with a 431 in
             # the API's Error shape instead of the HTTP layer's bare 400.
             h11_max_incomplete_event_size=256 * 1024,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, or_, select
 
@@ -23,6 +24,49 @@ __all__ = ["Mount", "MountGone", "MountService"]
 
 class MountGone(Exception):
     """A mount record whose restore point can no longer be opened (its backup file went away)."""
+
+
+class _SharedRestorePoints:
+    """Opened restore points, shared by all mounts of the same point, closed with the last one.
+
+    Fifty sessions mounting one restore point then hold one set of open files and one set of
+    caches (listings, file system metadata) instead of fifty.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[str, list[Any]] = {}  # restore point id -> [opened, users]
+        self._lock = threading.Lock()
+
+    def acquire(self, point: RestorePoint) -> OpenedRestorePoint:
+        """The opened restore point, opening it if no mount holds it yet."""
+        with self._lock:
+            item = self._items.get(point.id)
+            if item is not None:
+                item[1] += 1
+                return item[0]  # type: ignore[no-any-return]
+        opened = open_restore_point(point.source)  # slow: not under the lock
+        with self._lock:
+            item = self._items.get(point.id)
+            if item is None:
+                self._items[point.id] = [opened, 1]
+                return opened
+            item[1] += 1
+        opened.close()  # another mount opened it meanwhile
+        return item[0]  # type: ignore[no-any-return]
+
+    def release(self, opened: OpenedRestorePoint) -> None:
+        """One mount fewer uses it; the last one closes it."""
+        with self._lock:
+            for point_id, item in self._items.items():
+                if item[0] is opened:
+                    item[1] -= 1
+                    if item[1] > 0:
+                        return
+                    del self._items[point_id]
+                    break
+            else:
+                return
+        opened.close()
 
 
 @dataclass(frozen=True)
@@ -55,6 +99,7 @@ class MountService:
         self.tasks = tasks
         self.folders = folders
         self._opened: dict[int, OpenedRestorePoint] = {}
+        self._shared = _SharedRestorePoints()
         self._folders: dict[int, FlrFolder] = {}
         self._lock = threading.Lock()
         # Mount records change under this lock: numbering reads the highest number and inserts
@@ -175,13 +220,13 @@ class MountService:
         for folder in folders:
             self._detach(folder)
         for item in opened:
-            item.close()
+            self._shared.release(item)
 
     def _mount(self, session_id: str, point: RestorePoint, task_number: int) -> TaskOutcome:
         if point.unsupported:
             return TaskOutcome(False, f"Cannot mount {point.name}: {point.unsupported}")
         try:
-            opened = open_restore_point(point.source)
+            opened = self._shared.acquire(point)
         except UnsupportedBackup as exc:
             return TaskOutcome(False, f"Cannot mount {point.name}: {exc}")
         except EngineError as exc:
@@ -191,16 +236,16 @@ class MountService:
             return TaskOutcome(False, f"Cannot mount {point.name}: {type(exc).__name__}: {exc}")
 
         if self.tasks.is_cancelled(task_number):
-            opened.close()
+            self._shared.release(opened)
             return TaskOutcome(False, "Cancelled")
 
         try:
             recorded = self._record(session_id, point, opened)
         except Exception:
-            opened.close()
+            self._shared.release(opened)
             raise
         if recorded is None:
-            opened.close()
+            self._shared.release(opened)
             return TaskOutcome(False, "The logon session ended before the mount finished")
         row_id, number = recorded
 
@@ -265,13 +310,13 @@ class MountService:
             opened = self._opened.get(row_id)
         if opened is None:
             try:
-                opened = open_restore_point(point.source)
+                opened = self._shared.acquire(point)
             except Exception as exc:
                 raise MountGone(f"Cannot reopen {point.name}: {exc}") from exc
             with self._lock:
                 current = self._opened.setdefault(row_id, opened)
             if current is not opened:
-                opened.close()
+                self._shared.release(opened)
                 opened = current
             else:
                 outcome = self._attach(row_id, point, opened)
@@ -288,4 +333,4 @@ class MountService:
         if folder is not None:
             self._detach(folder)
         if opened is not None:
-            opened.close()
+            self._shared.release(opened)

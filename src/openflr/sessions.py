@@ -30,6 +30,11 @@ __all__ = ["LogonSession", "SessionService", "UserService", "normalise_user_name
 
 _hasher = PasswordHasher()
 
+# Each argon2 check takes the hasher's memory cost (64 MiB by default): fifty logons at once
+# would take gigabytes. Checks wait for one of two slots instead, which also keeps password
+# guessing from eating both cores.
+_CHECKS = threading.BoundedSemaphore(2)
+
 # A hash to verify against when the user does not exist, so that an unknown name costs as much
 # time as a wrong password and the answer time tells nothing about which names exist.
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
@@ -152,7 +157,8 @@ class UserService:
             user = session.get(UserRow, account)
             stored = user.password_hash if user is not None else _DUMMY_HASH
         try:
-            _hasher.verify(stored, password)
+            with _CHECKS:
+                _hasher.verify(stored, password)
         except (VerificationError, InvalidHashError):
             return None
         return account if user is not None else None

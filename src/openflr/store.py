@@ -18,6 +18,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -135,6 +137,7 @@ class Database:
         )
         event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -146,6 +149,32 @@ class Database:
     def close(self) -> None:
         """Release the connection pool."""
         self.engine.dispose()
+
+
+def _add_missing_columns(engine: Any) -> None:
+    """Bring a database made by an older openflr up to date by adding the columns it lacks.
+
+    Columns are only ever added, with their defaults, so an older server's data stays readable
+    and nothing is lost.
+    """
+    inspector = inspect(engine)
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                default = getattr(column.default, "arg", None)
+                clause = ""
+                if isinstance(default, str):
+                    clause = " DEFAULT '" + default.replace("'", "''") + "'"
+                elif isinstance(default, (int, bool)):
+                    clause = f" DEFAULT {int(default)}"
+                connection.execute(
+                    text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}{clause}')
+                )
+                log.info("database: added column %s.%s", table.name, column.name)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

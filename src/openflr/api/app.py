@@ -175,8 +175,8 @@ class _Api:
             add(mounts + "/{number}", self.get_mount, methods=["GET"])
             add(mounts + "/{number}", self.delete_mount, methods=["DELETE"], status_code=204)
             guest = mounts + "/{number}/{guest_path:guestpath}"
-            add(guest, self.browse, methods=["GET"])
-            add(guest, self.post_guest_path, methods=["POST"])
+            add(guest, self.browse, methods=["GET"], openapi_extra=_BROWSE_PARAMETERS)
+            add(guest, self.post_guest_path, methods=["POST"], openapi_extra=_RESTORE_PARAMETERS)
         Inventory(self.services, self._session).register(app)
         add("/api/tasks", self.list_tasks, methods=["GET"])
         add("/api/tasks/{task_id}", self.get_task, methods=["GET"])
@@ -633,6 +633,41 @@ def _stat(mount: Mount, guest_path: str) -> GuestEntry:
         raise ApiError(404, f"No file or folder {exc.path!r} in this mount.") from exc
     except EngineError as exc:
         raise ApiError(500, str(exc)) from exc
+
+
+def _query_parameter(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+# Query parameters and bodies for the published OpenAPI description: the handlers read them
+# from the request themselves (to forgive case, amp; prefixes and odd content types), so
+# FastAPI cannot see them.
+_BROWSE_PARAMETERS: dict[str, Any] = {
+    "parameters": [
+        _query_parameter(
+            "action", {"type": "string", "enum": ["listAll", "listDirs", "listFiles", "download"]}
+        ),
+        _query_parameter("pageSize", {"type": "integer", "minimum": 1}),
+        _query_parameter("page", {"type": "integer", "minimum": 1}),
+    ]
+}
+_RESTORE_PARAMETERS: dict[str, Any] = {
+    "parameters": [_query_parameter("action", {"type": "string", "enum": ["restore"]})],
+    "requestBody": {
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "ForDirectDownload": {"type": "object"},
+                        "ToOriginalLocation": {"type": "object"},
+                    },
+                }
+            },
+            "application/xml": {"schema": {"type": "string"}},
+        }
+    },
+}
 
 
 def _family(request: Request) -> str:

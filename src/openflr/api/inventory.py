@@ -97,7 +97,7 @@ class Inventory:
         add("/api/agents/discoveredComputers", self.list_computers, methods=["GET"])
         add("/api/agents/discoveredComputers/{item_id}", self.get_computer, methods=["GET"])
         add("/api/querySvc", self.query_service, methods=["GET"])
-        add("/api/query", self.run_query, methods=["GET"])
+        add("/api/query", self.run_query, methods=["GET"], openapi_extra=_QUERY_PARAMETERS)
         add("/api/lookupSvc", self.lookup_service, methods=["GET"])
         add("/api/lookup", self.lookup, methods=["GET"])
 
@@ -411,6 +411,30 @@ class Inventory:
         )
         return respond(request, view.hierarchy_items(names))
 
+
+_QUERY_PARAMETERS: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "type",
+            "in": "query",
+            "required": True,
+            "schema": {"type": "string", "enum": list(QUERY_FIELDS)},
+        },
+        *(
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+            for name in ("format", "filter", "sortAsc", "sortDesc")
+        ),
+        *(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1},
+            }
+            for name in ("pageSize", "page")
+        ),
+    ]
+}
 
 # The query string's canonical key spellings, for the paging links built from lower-cased keys.
 _QUERY_KEYS = {
