@@ -310,6 +310,7 @@ class GuestFileSystem:
         if volume.fs_type in _WINDOWS_FS and any(":" in part for part in inner):
             # No Windows file name holds a colon; "name:stream" asks for an alternate data
             # stream, which is not a file of its own here.
+            # TODO: serve alternate data streams (a download holds the main stream only).
             raise GuestPathNotFound(guest_path)
         if volume.fs_type == "ntfs" and len(inner) == 1 and inner[0] in _NTFS_METAFILES:
             raise GuestPathNotFound(guest_path)  # hidden from listings, so not reachable either

@@ -94,4 +94,5 @@ def _volume_named(data: bytes, volumes: list[Volume]) -> Volume | None:
             (v for v in volumes if v.disk_signature == signature and v.offset == offset), None
         )
     # Other forms name volumes Windows found by other means (removable media, dynamic disks).
+    # TODO: read dynamic disks (LDM); their volumes are not found, so have no letter either.
     return None
