@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 
 from lxml import etree
 
+from openflr.engine.containers import open_disk_image
 from openflr.engine.errors import BackupError, UnsupportedBackup
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def open_vbk_disks(path: Path, folder: str) -> tuple[list[Disk], Callable[[], No
     return disks, vbk.fh.close
 
 
-def _close_files(root: object, depth: int = 4) -> None:
+def _close_files(root: object, depth: int = 8) -> None:
     """Close every OS-level file reachable from ``root`` through attributes and containers."""
     seen: set[int] = set()
     pending: list[tuple[object, int]] = [(root, 0)]
@@ -205,10 +206,9 @@ def open_image_disks(paths: list[Path]) -> tuple[list[Disk], Callable[[], None]]
     """Open disk image files (raw, VHD, VHDX, VMDK, QCOW2) as disks.
 
     Raises:
-        BackupError: an image is missing or in a format that cannot be read.
+        BackupError: an image, or a file it needs (a VMDK extent or parent, a QCOW2 backing
+            file), is missing or in a format that cannot be read; the message names the file.
     """
-    from dissect.target import container
-
     disks: list[Disk] = []
     opened: list[Any] = []
 
@@ -219,17 +219,15 @@ def open_image_disks(paths: list[Path]) -> tuple[list[Disk], Callable[[], None]]
             except Exception:  # closing is best effort; the data is only ever read
                 log.debug("closing %r failed", item, exc_info=True)
             # Several dissect containers leave their image files open on close(); find the
-            # files they hold and close them, or every unmount leaks descriptors.
+            # files they hold (a chain of parents included) and close them, or every unmount
+            # leaks descriptors.
             _close_files(item)
 
     try:
         for path in paths:
-            try:
-                disk = container.open(path)
-            except Exception as exc:
-                raise BackupError(f"{path.name}: cannot open disk image ({exc})") from exc
-            opened.append(disk)
-            disks.append(Disk(name=path.name, stream=disk, size=int(disk.size or 0)))
+            stream, size, holder = open_disk_image(path)
+            opened.append(holder)
+            disks.append(Disk(name=path.name, stream=stream, size=size))
     except Exception:
         close()
         raise

@@ -25,6 +25,7 @@ from openflr.engine.errors import (
     IsAFolder,
     NotAFolder,
 )
+from openflr.engine.letters import registry_letters
 from openflr.engine.volumes import Volume, find_volumes
 
 log = logging.getLogger(__name__)
@@ -309,6 +310,7 @@ class GuestFileSystem:
         if volume.fs_type in _WINDOWS_FS and any(":" in part for part in inner):
             # No Windows file name holds a colon; "name:stream" asks for an alternate data
             # stream, which is not a file of its own here.
+            # TODO: serve alternate data streams (a download holds the main stream only).
             raise GuestPathNotFound(guest_path)
         if volume.fs_type == "ntfs" and len(inner) == 1 and inner[0] in _NTFS_METAFILES:
             raise GuestPathNotFound(guest_path)  # hidden from listings, so not reachable either
@@ -537,11 +539,13 @@ def _arrange(volumes: list[Volume]) -> dict[str, _Root]:
     if windows:
         system = next((v for v in windows if _has_folder(v, "/Windows")), windows[0])
         ordered = [system] + [v for v in windows if v is not system]
-        letters = iter("CDEFGHIJKLMNOPQRSTUVWXYZ")
-        for volume in ordered:
-            name = f"{next(letters)}:"
-            roots[name] = _Root(name=name, mounts={(): volume})
-            placed.add(id(volume))
+        # The guest's own letters where its registry names the volume, the rest in disk order.
+        known = registry_letters(system, windows)
+        free = iter(c + ":" for c in "CDEFGHIJKLMNOPQRSTUVWXYZ" if c + ":" not in known.values())
+        lettered = sorted((known.get(id(v)) or next(free), i) for i, v in enumerate(ordered))
+        for name, i in lettered:
+            roots[name] = _Root(name=name, mounts={(): ordered[i]})
+            placed.add(id(ordered[i]))
 
     tree = _linux_tree(linux)
     if tree:

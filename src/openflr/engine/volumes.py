@@ -52,6 +52,9 @@ class Volume:
         devices: Guest device paths that name it, as ``/etc/fstab`` may (LVM's
             ``/dev/mapper/vg0-root`` and ``/dev/vg0/root``).
         is_efi: An EFI system partition.
+        offset: Where the partition starts on its disk, in bytes (None: no partition).
+        disk_signature: The MBR disk signature of its disk (None on GPT or no partition table).
+        partition_guid: The GPT partition's unique GUID, lower case (None on MBR).
     """
 
     name: str
@@ -61,6 +64,9 @@ class Volume:
     label: str | None = None
     devices: tuple[str, ...] = field(default_factory=tuple)
     is_efi: bool = False
+    offset: int | None = None
+    disk_signature: int | None = None
+    partition_guid: str | None = None
 
 
 def find_volumes(disks: list[Disk]) -> tuple[list[Volume], list[str]]:
@@ -73,13 +79,13 @@ def find_volumes(disks: list[Disk]) -> tuple[list[Volume], list[str]]:
     skipped: list[str] = []
     physical_volumes: list[tuple[str, BinaryIO]] = []
     for disk in disks:
-        for name, stream, part in _candidates(disk):
+        for name, stream, part, signature in _candidates(disk):
             if _holds_no_files(part):
                 log.debug("%s: partition type holds no files", name)
                 continue
             fs, reason = _open_filesystem(stream)
             if fs is not None:
-                volumes.append(_describe(name, fs, part))
+                volumes.append(_describe(name, fs, part, signature))
             elif _is_lvm_physical_volume(stream):
                 physical_volumes.append((name, stream))
             elif reason is not None:
@@ -92,19 +98,25 @@ def find_volumes(disks: list[Disk]) -> tuple[list[Volume], list[str]]:
     return volumes, skipped
 
 
-def _candidates(disk: Disk) -> list[tuple[str, BinaryIO, Any]]:
-    """The partitions of a disk, or the whole disk where it has no partition table."""
+def _candidates(disk: Disk) -> list[tuple[str, BinaryIO, Any, int | None]]:
+    """The partitions of a disk, or the whole disk where it has no partition table, each with
+    its disk's MBR signature (None on GPT disks and bare volumes)."""
     from dissect.target import volume
 
     try:
-        parts = list(volume.open(disk.stream).volumes)
+        system = volume.open(disk.stream)
+        parts = list(system.volumes)
     except Exception:
         log.debug("%s: no volume system; trying the whole disk as a file system", disk.name)
         parts = []
     if not parts:
-        return [(disk.name, disk.stream, None)]
+        return [(disk.name, disk.stream, None, None)]
+    # dissect gives an MBR disk's signature as the volume system's serial; a GPT disk has
+    # partition GUIDs instead, which Windows records in place of the signature.
+    serial = getattr(system, "serial", None)
+    signature = serial if isinstance(serial, int) and not any(p.guid for p in parts) else None
     return [
-        (f"{disk.name} partition {i + 1}", _partition_stream(disk, p), p)
+        (f"{disk.name} partition {i + 1}", _partition_stream(disk, p), p, signature)
         for i, p in enumerate(parts)
     ]
 
@@ -283,12 +295,12 @@ def _open_logical_volume(vg_name: str, lv_name: str, lv: Any) -> tuple[Volume | 
     if fs is None:
         return None, reason
     mapper = f"{vg_name.replace('-', '--')}-{lv_name.replace('-', '--')}"
-    volume = _describe(name, fs, None)
+    volume = _describe(name, fs, None, None)
     volume.devices = (f"/dev/mapper/{mapper}", f"/dev/{vg_name}/{lv_name}")
     return volume, None
 
 
-def _describe(name: str, fs: Any, part: Any) -> Volume:
+def _describe(name: str, fs: Any, part: Any, signature: int | None) -> Volume:
     fs_type = str(getattr(fs, "__type__", "unknown"))
     uuid: str | None = None
     label: str | None = None
@@ -310,6 +322,16 @@ def _describe(name: str, fs: Any, part: Any) -> Volume:
     elif fs_type == "exfat":
         label = fs.exfat.volume_label or None
     part_type = str(getattr(part, "type", "") or "").lower()
+    guid = getattr(part, "guid", None)
+    offset = getattr(part, "offset", None)
     return Volume(
-        name=name, fs=fs, fs_type=fs_type, uuid=uuid, label=label, is_efi=part_type == _EFI_SYSTEM
+        name=name,
+        fs=fs,
+        fs_type=fs_type,
+        uuid=uuid,
+        label=label,
+        is_efi=part_type == _EFI_SYSTEM,
+        offset=offset if isinstance(offset, int) else None,
+        disk_signature=signature,
+        partition_guid=str(guid).lower() if guid else None,
     )
