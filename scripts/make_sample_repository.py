@@ -12,6 +12,7 @@ Run: ``python scripts/make_sample_repository.py`` (writes ``src/openflr/sample_r
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -40,6 +41,10 @@ def demo_tree(root: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     (root / "Pictures" / "pattern.bin").write_bytes(bytes(range(256)) * 512)
+    # Files older than the restore point (2026-11-30 22:00 UTC), as in a real backup.
+    stamp = 1764500000  # 2025-11-30 10:53:20 UTC
+    for path in [root, *root.rglob("*")]:
+        os.utime(path, (stamp, stamp))
 
 
 def main() -> int:
