@@ -3,6 +3,7 @@ size limits, read-only backups, and a fuzz of the published API description."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
@@ -317,3 +318,92 @@ def test_fuzzing_the_published_api_finds_no_server_error(guarded: Server) -> Non
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "failed" not in result.stdout.split("Test cases:")[-1]
     assert "Traceback" not in guarded.log()
+
+
+@pytest.mark.parametrize(
+    "trick",
+    [
+        "C:/..%2F..%2Fetc/passwd",
+        "C:/%2e%2e/%2e%2e/etc/passwd",
+        "C:\\..\\..\\Windows",
+        "C:/hello.txt%00.png",
+        "C:/%C0%AE%C0%AE/%C0%AE%C0%AE/etc",
+        "C:/../D:/fatdata/../../C:/hello.txt/..",
+        "D:/../../",
+        "//etc/passwd",
+        "%2Fetc%2Fpasswd",
+        "C:C:/hello.txt",
+        "\\\\server\\share\\file",
+    ],
+)
+def test_a_guest_path_never_leaves_its_mount(server: Server, trick: str) -> None:
+    client = EmClient(server.base)
+    client.logon(USER, PASSWORD)
+    mount = client.mount(client.restore_point("winbox@"))
+    # http.client sends the path exactly as written: HTTP libraries would resolve the dot
+    # segments themselves and never send the trick.
+    target = httpx.URL(mount["Href"])
+    connection = http.client.HTTPConnection(target.host, target.port, timeout=30)
+    connection.request("GET", f"{target.raw_path.decode()}/{trick}?action=download",
+                       headers=client._headers())
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    assert response.status in (400, 404), (trick, response.status)
+    assert etree.fromstring(body).get("StatusCode") in ("400", "404")
+    client.logoff()
+
+
+@pytest.mark.parametrize("depth", [40, 5000])
+def test_deeply_nested_bodies_get_400(server: Server, depth: int) -> None:
+    client = EmClient(server.base)
+    client.logon(USER, PASSWORD)
+    mount = client.mount(client.restore_point("volbox@"))
+    url = f"{mount['FSRoots'][0]['Href']}hello.txt?action=restore"
+    headers = {**client._headers(), "Accept": "application/xml"}
+    deep_xml = b"<FileRestoreSpec>" + b"<a>" * depth + b"</a>" * depth + b"</FileRestoreSpec>"
+    deep_json = b'{"a":' * depth + b"{}" + b"}" * depth
+    for body in (deep_xml, deep_json):
+        response = client.http.post(url, content=body, headers=headers)
+        assert response.status_code == 400, body[:40]
+        assert etree.fromstring(response.content).get("StatusCode") == "400"
+    client.logoff()
+
+
+def test_a_corrupt_backup_file_is_listed_and_its_mount_fails_saying_why(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "broken.vbk").write_bytes(b"not a Veeam backup at all" * 1000)
+    server = Server(tmp_path / "data", [repo]).start()
+    try:
+        client = EmClient(server.base)
+        client.logon(USER, PASSWORD)
+        point = client.restore_point("broken@")
+        task = client.wait(
+            client.parse(
+                client.request("POST", link(point, "Create", "AgentRestorePointMount"), 202)
+            )
+        )
+        assert task["State"] == "Finished"
+        assert task["Result"]["Success"] == "false"
+        assert (
+            task["Result"]["Message"].startswith("Cannot mount broken@")
+            and "broken.vbk: not a readable Veeam backup file" in task["Result"]["Message"]
+        )
+    finally:
+        server.stop()
+
+
+def test_the_audit_log_survives_a_restart(tmp_path: Path, repository: Path) -> None:
+    server = Server(tmp_path / "data", [repository]).start()
+    try:
+        client = EmClient(server.base)
+        client.logon(USER, PASSWORD)
+        client.logoff()
+        before = audit_events(server)
+        server.stop()
+        server.start()
+        assert audit_events(server)[: len(before)] == before
+        assert [e["event"] for e in before] == ["logon", "logoff"]
+    finally:
+        server.stop()
