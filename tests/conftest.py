@@ -12,10 +12,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from tests.emclient import EmClient, walk_to
 from tests.fixtures import images
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -120,15 +122,39 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture(scope="session")
-def source_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The files that go into every image: 2,500 small files, a 48 MiB file, awkward names."""
-    missing = images.missing_tools()
+def require_tools(tools: tuple[str, ...] | None = None) -> None:
+    """Skip (or, in CI, fail) when a tool the images need is missing."""
+    missing = images.missing_tools(tools) if tools is not None else images.missing_tools()
     if missing:
         message = f"image tools missing: {', '.join(missing)} (scripts/setup installs them)"
         if os.environ.get("OPENFLR_REQUIRE_IMAGE_TOOLS"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+def logged_on(server: Server) -> Iterator[EmClient]:
+    """A JSON client logged on to a server, logged off afterwards (for fixtures to yield from)."""
+    client = EmClient(server.base, as_json=True)
+    client.logon(USER, PASSWORD)
+    yield client
+    client.logoff()
+    client.close()
+
+
+def mount_point(client: EmClient, machine: str) -> dict[str, Any]:
+    """Mount the fixtures' restore point of a machine (all are at 2026-11-30 22:00:00)."""
+    return client.mount(client.restore_point(f"{machine}@2026-11-30 22:00:00"))
+
+
+def download(client: EmClient, mount: dict[str, Any], guest_path: str) -> bytes:
+    """Restore a guest file for download, following links only, and return its bytes."""
+    return bytes(client.restore_for_download(walk_to(client, mount, guest_path)).content)
+
+
+@pytest.fixture(scope="session")
+def source_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The files that go into every image: 2,500 small files, a 48 MiB file, awkward names."""
+    require_tools()
     root = tmp_path_factory.mktemp("source") / "tree"
     images.make_source_tree(root)
     return root

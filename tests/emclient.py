@@ -209,3 +209,23 @@ class EmClient:
     def logoff(self) -> None:
         assert self.logon_session is not None
         self.request("DELETE", link(self.logon_session, "Delete"), 204)
+
+
+def walk_to(client: EmClient, mount: dict[str, Any], guest_path: str) -> dict[str, Any]:
+    """Find an entry by following links only: FSRoot, then each folder's listAll pages."""
+    roots = mount["FSRoots"]
+    root = next((r for r in roots if guest_path.startswith(r["Path"]) and r["Path"] != "/"), None)
+    if root is None:
+        root = next(r for r in roots if r["Path"] == "/")
+        rest = guest_path.lstrip("/")
+    else:
+        rest = guest_path[len(root["Path"]) :].lstrip("/")
+
+    entries = client.list_pages(root["Href"])
+    current: dict[str, Any] = root
+    for name in [p for p in rest.split("/") if p]:
+        current = next((e for e in entries if e["Name"] == name), None)  # type: ignore[assignment]
+        assert current is not None, f"{name!r} not listed on the way to {guest_path!r}"
+        if current["_tag" if "_tag" in current else "Type"] == "DirectoryEntry":
+            entries = client.list_all(current)
+    return current

@@ -8,17 +8,21 @@ the field reports each test answers.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import PASSWORD, USER, Server, sha256
-from tests.emclient import EmClient, link
+from tests.conftest import (
+    Server,
+    download,
+    logged_on,
+    mount_point,
+    require_tools,
+    sha256,
+)
+from tests.emclient import EmClient, link, walk_to
 from tests.fixtures import images
-from tests.test_flow import walk_to
 
 HELLO = b"Hello from a layout restore point.\n"
 # SHA-256 of big.bin: 3 MiB from the fixture's seeded generator (seed 0x1A70).
@@ -32,12 +36,7 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module")
 def container_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    missing = images.missing_tools()
-    if missing:
-        message = f"image tools missing: {', '.join(missing)} (scripts/setup installs them)"
-        if os.environ.get("OPENFLR_REQUIRE_IMAGE_TOOLS"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_tools()
     repo = tmp_path_factory.mktemp("containers")
     images.build_container_points(repo)
     return repo
@@ -54,26 +53,14 @@ def container_server(
 
 @pytest.fixture
 def client(container_server: Server) -> Iterator[EmClient]:
-    em = EmClient(container_server.base, as_json=True)
-    em.logon(USER, PASSWORD)
-    yield em
-    em.logoff()
-    em.close()
-
-
-def mount(client: EmClient, machine: str) -> dict[str, Any]:
-    return client.mount(client.restore_point(f"{machine}@2026-11-30 22:00:00"))
-
-
-def download(client: EmClient, mount_: dict[str, Any], guest_path: str) -> bytes:
-    return bytes(client.restore_for_download(walk_to(client, mount_, guest_path)).content)
+    yield from logged_on(container_server)
 
 
 @pytest.mark.parametrize("machine", sorted(images.CONTAINER_POINTS))
 def test_every_container_format_mounts_and_downloads_byte_exact(
     client: EmClient, machine: str
 ) -> None:
-    disk = mount(client, machine)
+    disk = mount_point(client, machine)
     assert [r["Path"] for r in disk["FSRoots"]] == ["C:", "/"]
     assert download(client, disk, "C:/hello.txt") == HELLO
     assert sha256(download(client, disk, "C:/big.bin")) == BIG_SHA256
@@ -106,7 +93,7 @@ def test_vhdx_ranges_across_zero_state_blocks_are_byte_exact(
         states = {int(vhdx.bat.pb(i).state) for i in range(-(-vhdx.size // vhdx.block_size))}
     assert 2 in states  # PAYLOAD_BLOCK_ZERO
 
-    disk = mount(client, machine)
+    disk = mount_point(client, machine)
     url = link(walk_to(client, disk, "C:/zeros.bin"), "Restore").replace("restore", "download")
     source = container_repo.parent / "zeros-source.bin"
     images.write_zeros_file(source)
@@ -138,7 +125,7 @@ def test_vhdx_reads_crossing_a_block_boundary_are_byte_exact(container_repo: Pat
 
 def test_dynamic_vhd_with_a_partial_last_block_reads_it(client: EmClient) -> None:
     """V13: an 11.5 MiB volume in 2 MiB VHD blocks; fill.bin has data in the last 1.5 MiB."""
-    volume = mount(client, "vhdpartial")
+    volume = mount_point(client, "vhdpartial")
     assert [r["Path"] for r in volume["FSRoots"]] == ["C:"]
     entry = walk_to(client, volume, "C:/fill.bin")
     assert int(entry["Size"]) == 7_000_000

@@ -9,12 +9,11 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import PASSWORD, USER, Server, sha256, sha256_file
-from tests.emclient import ApiFailure, EmClient, link
+from tests.emclient import ApiFailure, EmClient, link, walk_to
 from tests.fixtures import images
 
 # The files every flow downloads, relative to the source tree.
@@ -45,26 +44,6 @@ def small_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("small") / "tree"
     images.make_small_tree(root)
     return root
-
-
-def walk_to(client: EmClient, mount: dict[str, Any], guest_path: str) -> dict[str, Any]:
-    """Find an entry by following links only: FSRoot, then each folder's listAll pages."""
-    roots = mount["FSRoots"]
-    root = next((r for r in roots if guest_path.startswith(r["Path"]) and r["Path"] != "/"), None)
-    if root is None:
-        root = next(r for r in roots if r["Path"] == "/")
-        rest = guest_path.lstrip("/")
-    else:
-        rest = guest_path[len(root["Path"]) :].lstrip("/")
-
-    entries = client.list_pages(root["Href"])
-    current: dict[str, Any] = root
-    for name in [p for p in rest.split("/") if p]:
-        current = next((e for e in entries if e["Name"] == name), None)  # type: ignore[assignment]
-        assert current is not None, f"{name!r} not listed on the way to {guest_path!r}"
-        if current["_tag" if "_tag" in current else "Type"] == "DirectoryEntry":
-            entries = client.list_all(current)
-    return current
 
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["xml", "json"])

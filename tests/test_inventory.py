@@ -13,9 +13,8 @@ import pytest
 from lxml import etree
 
 from tests.conftest import PASSWORD, USER, Server, sha256, sha256_file
-from tests.emclient import NS, EmClient, link
+from tests.emclient import NS, EmClient, link, walk_to
 from tests.fixtures import images
-from tests.test_flow import walk_to
 
 FOLLOWED = {"Up", "Down", "Alternate", "Related", "First", "Last", "Next", "Previous"}
 IMAGE_POINTS = ["hugebox", "linbox", "mbrbox", "oddbox", "volbox", "winbox"]

@@ -8,17 +8,24 @@ damaged volumes. The ``V`` numbers name the field reports each test answers.
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import PASSWORD, USER, Server, sha256
-from tests.emclient import ApiFailure, EmClient
+from tests.conftest import (
+    PASSWORD,
+    USER,
+    Server,
+    download,
+    logged_on,
+    mount_point,
+    require_tools,
+    sha256,
+)
+from tests.emclient import ApiFailure, EmClient, walk_to
 from tests.fixtures import images
-from tests.test_flow import walk_to
 
 HELLO = b"Hello from a layout restore point.\n"
 NESTED = b"A nested file of a layout restore point.\n"
@@ -31,12 +38,7 @@ SPAN_SHA256 = "f3994e155889879246748bf753470991ed78c2bfd44b521c483b45d566da5b2f"
 @pytest.fixture(scope="module")
 def layout_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server over a repository holding every layout restore point."""
-    missing = images.missing_tools(images.LAYOUT_TOOLS)
-    if missing:
-        message = f"image tools missing: {', '.join(missing)} (scripts/setup installs them)"
-        if os.environ.get("OPENFLR_REQUIRE_IMAGE_TOOLS"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_tools(images.LAYOUT_TOOLS)
     repo = tmp_path_factory.mktemp("layouts")
     images.build_layout_points(repo)
     srv = Server(tmp_path_factory.mktemp("layout-data"), [repo]).start()
@@ -46,15 +48,7 @@ def layout_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture
 def client(layout_server: Server) -> Iterator[EmClient]:
-    em = EmClient(layout_server.base, as_json=True)
-    em.logon(USER, PASSWORD)
-    yield em
-    em.logoff()
-    em.close()
-
-
-def mount(client: EmClient, machine: str) -> dict[str, Any]:
-    return client.mount(client.restore_point(f"{machine}@2026-11-30 22:00:00"))
+    yield from logged_on(layout_server)
 
 
 def names(client: EmClient, mount_: dict[str, Any], guest_path: str) -> list[str]:
@@ -70,12 +64,8 @@ def names(client: EmClient, mount_: dict[str, Any], guest_path: str) -> list[str
     return [e["Name"] for e in client.list_pages(url)]
 
 
-def download(client: EmClient, mount_: dict[str, Any], guest_path: str) -> bytes:
-    return bytes(client.restore_for_download(walk_to(client, mount_, guest_path)).content)
-
-
 def test_xfs_volume_lists_its_root_and_downloads_byte_exact(client: EmClient) -> None:
-    xfs = mount(client, "xfsbox")
+    xfs = mount_point(client, "xfsbox")
     assert [r["Path"] for r in xfs["FSRoots"]] == ["/"]
     assert names(client, xfs, "/") == [
         "big.bin", "hello.txt", "docs", "links", "many", "xattrs",
@@ -87,7 +77,7 @@ def test_xfs_volume_lists_its_root_and_downloads_byte_exact(client: EmClient) ->
 
 def test_xfs_folder_of_5000_files_pages_exact(client: EmClient) -> None:
     """V5: an XFS v5 folder of 5,000 entries (a B+tree directory) lists whole, page by page."""
-    xfs = mount(client, "xfsbox")
+    xfs = mount_point(client, "xfsbox")
     base = f"{xfs['Href']}//many?action=listFiles&pageSize=1000"
     pages = [client.get(f"{base}&page={n}") for n in range(1, 7)]
 
@@ -101,7 +91,7 @@ def test_xfs_folder_of_5000_files_pages_exact(client: EmClient) -> None:
 def test_xfs_files_with_extended_attributes_list_and_download(client: EmClient) -> None:
     """V6: user.* attributes kept in the inode, a 3,000-byte one in blocks of its own and a
     security.selinux label do not break listing or reading."""
-    xfs = mount(client, "xfsbox")
+    xfs = mount_point(client, "xfsbox")
     folder = walk_to(client, xfs, "/xattrs")
     listed = {e["Name"]: int(e["Size"]) for e in client.list_all(folder)}
     assert listed == {"big-attr.txt": 42, "tagged.txt": 28}
@@ -112,7 +102,7 @@ def test_xfs_files_with_extended_attributes_list_and_download(client: EmClient) 
 
 
 def test_symbolic_links_are_listed_as_files_and_never_followed(client: EmClient) -> None:
-    xfs = mount(client, "xfsbox")
+    xfs = mount_point(client, "xfsbox")
     assert names(client, xfs, "/links") == ["escape", "link-to-hello"]
     link = walk_to(client, xfs, "/links/escape")
     assert link["Name"] == "escape"
@@ -134,13 +124,13 @@ def test_symbolic_links_are_listed_as_files_and_never_followed(client: EmClient)
 
 
 def test_owner_is_the_numeric_id_where_the_guest_has_no_passwd(client: EmClient) -> None:
-    xfs = mount(client, "xfsbox")
+    xfs = mount_point(client, "xfsbox")
     assert walk_to(client, xfs, "/hello.txt")["Owner"] == "1000"
     assert walk_to(client, xfs, "/big.bin")["Owner"] == "0"
 
 
 def test_btrfs_partition_lists_and_downloads_byte_exact(client: EmClient) -> None:
-    btrfs = mount(client, "btrfsbox")
+    btrfs = mount_point(client, "btrfsbox")
     assert [r["Path"] for r in btrfs["FSRoots"]] == ["/"]
     assert names(client, btrfs, "/") == ["big.bin", "hello.txt", "docs"]
     assert download(client, btrfs, "/hello.txt") == HELLO
@@ -151,7 +141,7 @@ def test_btrfs_partition_lists_and_downloads_byte_exact(client: EmClient) -> Non
 
 
 def test_fat12_fat16_and_exfat_volumes_get_drive_letters(client: EmClient) -> None:
-    fat = mount(client, "fatbox")
+    fat = mount_point(client, "fatbox")
     assert [r["Path"] for r in fat["FSRoots"]] == ["C:", "D:", "E:"]
     assert names(client, fat, "C:") == ["fatdata"]
     assert names(client, fat, "D:") == ["big.bin", "hello.txt", "docs"]
@@ -169,7 +159,7 @@ def test_fat12_fat16_and_exfat_volumes_get_drive_letters(client: EmClient) -> No
 def test_mbr_logical_partitions_join_one_tree_by_fstab(client: EmClient) -> None:
     """V7: ext2 /boot (primary), ext4 / and ext4 /home by UUID, ext3 /srv by LABEL (logical
     partitions of an extended one) make one tree."""
-    linux = mount(client, "mbrlinux")
+    linux = mount_point(client, "mbrlinux")
     assert [r["Path"] for r in linux["FSRoots"]] == ["/"]
     assert names(client, linux, "/") == ["boot", "etc", "home", "lost+found", "srv", "tmp"]
     assert names(client, linux, "/boot") == ["vmlinuz-test", "lost+found"]
@@ -184,7 +174,7 @@ def test_mbr_logical_partitions_join_one_tree_by_fstab(client: EmClient) -> None
 def test_lvm_root_beside_a_boot_partition(client: EmClient) -> None:
     """V1: BIOS boot, ext4 /boot, and an LVM PV whose vg0/root (ext4) is named
     /dev/mapper/vg0-root in fstab."""
-    lvm = mount(client, "lvmbox")
+    lvm = mount_point(client, "lvmbox")
     assert [r["Path"] for r in lvm["FSRoots"]] == ["/"]
     assert names(client, lvm, "/") == ["boot", "etc", "home", "lost+found"]
     assert download(client, lvm, "/etc/hostname") == b"lvmbox\n"
@@ -195,7 +185,7 @@ def test_lvm_root_beside_a_boot_partition(client: EmClient) -> None:
 
 def test_xfs_root_on_lvm_with_owners_from_passwd(client: EmClient) -> None:
     """V2: as V1 with XFS v5 on the LV, named /dev/vg0/root in fstab, /boot by LABEL."""
-    lvm = mount(client, "lvmxfs")
+    lvm = mount_point(client, "lvmxfs")
     assert names(client, lvm, "/") == ["boot", "etc", "home"]
     assert download(client, lvm, "/boot/grub/grub.cfg") == b"set root=(lvm/vg0-root)\n"
     assert download(client, lvm, "/home/user/docs/readme.txt") == NESTED
@@ -206,7 +196,7 @@ def test_xfs_root_on_lvm_with_owners_from_passwd(client: EmClient) -> None:
 
 def test_logical_volume_spanning_two_disks_reads_whole(client: EmClient) -> None:
     """V3: one linear LV, 16 MiB on each disk; a 20 MiB file must cross between them."""
-    span = mount(client, "lvmspan")
+    span = mount_point(client, "lvmspan")
     assert names(client, span, "/") == ["hello.txt", "span.bin", "lost+found"]
     entry = walk_to(client, span, "/span.bin")
     assert int(entry["Size"]) == 20 * 1024 * 1024
@@ -216,8 +206,8 @@ def test_logical_volume_spanning_two_disks_reads_whole(client: EmClient) -> None
 def test_two_restore_points_whose_volume_groups_share_a_name_mount_at_once(
     client: EmClient,
 ) -> None:
-    ext4_root = mount(client, "lvmbox")
-    xfs_root = mount(client, "lvmxfs")
+    ext4_root = mount_point(client, "lvmbox")
+    xfs_root = mount_point(client, "lvmxfs")
     assert names(client, ext4_root, "/") == ["boot", "etc", "home", "lost+found"]
     assert names(client, xfs_root, "/") == ["boot", "etc", "home"]
     assert download(client, ext4_root, "/home/user/hello.txt") == HELLO

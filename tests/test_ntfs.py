@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import zipfile
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from tests.conftest import PASSWORD, USER, Server, sha256
-from tests.emclient import ApiFailure, EmClient
+from tests.conftest import (
+    Server,
+    download,
+    logged_on,
+    mount_point,
+    require_tools,
+    sha256,
+)
+from tests.emclient import ApiFailure, EmClient, walk_to
 from tests.fixtures import images
-from tests.test_flow import walk_to
 
 HELLO = b"Hello from a layout restore point.\n"
 # SHA-256 of big.bin: 3 MiB from the fixture's seeded generator (seed 0x1A70).
@@ -32,12 +36,7 @@ SPARSE_SHA256 = hashlib.sha256(SPARSE).hexdigest()
 
 @pytest.fixture(scope="module")
 def ntfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    missing = images.missing_tools((*images.REQUIRED_TOOLS, "ntfscp", "ntfsinfo", "hivexsh"))
-    if missing:
-        message = f"image tools missing: {', '.join(missing)} (scripts/setup installs them)"
-        if os.environ.get("OPENFLR_REQUIRE_IMAGE_TOOLS"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_tools((*images.REQUIRED_TOOLS, "ntfscp", "ntfsinfo", "hivexsh"))
     repo = tmp_path_factory.mktemp("ntfs")
     images.build_ntfs_points(repo)
     srv = Server(tmp_path_factory.mktemp("ntfs-data"), [repo]).start()
@@ -47,25 +46,13 @@ def ntfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture
 def client(ntfs_server: Server) -> Iterator[EmClient]:
-    em = EmClient(ntfs_server.base, as_json=True)
-    em.logon(USER, PASSWORD)
-    yield em
-    em.logoff()
-    em.close()
-
-
-def mount(client: EmClient, machine: str) -> dict[str, Any]:
-    return client.mount(client.restore_point(f"{machine}@2026-11-30 22:00:00"))
-
-
-def download(client: EmClient, mount_: dict[str, Any], guest_path: str) -> bytes:
-    return bytes(client.restore_for_download(walk_to(client, mount_, guest_path)).content)
+    yield from logged_on(ntfs_server)
 
 
 def test_drive_letters_are_those_the_guest_registry_gave(client: EmClient) -> None:
     """MountedDevices names C: and E: by MBR signature and offset (disk0), D: by GPT partition
     GUID (disk1); disk order alone would make disk0's second partition D:."""
-    win = mount(client, "winletters")
+    win = mount_point(client, "winletters")
     assert [r["Path"] for r in win["FSRoots"]] == ["C:", "D:", "E:"]
     assert download(client, win, "C:/hello.txt") == HELLO
     assert download(client, win, "D:/d.txt") == b"On the guest's D: drive.\n"
@@ -73,7 +60,7 @@ def test_drive_letters_are_those_the_guest_registry_gave(client: EmClient) -> No
 
 
 def test_both_names_of_a_hard_link_download_the_same_bytes(client: EmClient) -> None:
-    ntfs = mount(client, "ntfsfeatures")
+    ntfs = mount_point(client, "ntfsfeatures")
     listed = {
         e["Name"]: int(e["Size"]) for e in client.list_all(walk_to(client, ntfs, "C:/hardlinks"))
     }
@@ -83,14 +70,14 @@ def test_both_names_of_a_hard_link_download_the_same_bytes(client: EmClient) -> 
 
 
 def test_sparse_file_downloads_whole_with_its_holes_as_zeros(client: EmClient) -> None:
-    ntfs = mount(client, "ntfsfeatures")
+    ntfs = mount_point(client, "ntfsfeatures")
     entry = walk_to(client, ntfs, "C:/sparse.bin")
     assert int(entry["Size"]) == 16 * 1024 * 1024
     assert sha256(client.restore_for_download(entry).content) == SPARSE_SHA256
 
 
 def test_file_with_an_alternate_stream_downloads_its_main_stream(client: EmClient) -> None:
-    ntfs = mount(client, "ntfsfeatures")
+    ntfs = mount_point(client, "ntfsfeatures")
     entry = walk_to(client, ntfs, "C:/withstreams/streams.txt")
     assert int(entry["Size"]) == len(images.NTFS_STREAM_TEXT)
     assert client.restore_for_download(entry).content == images.NTFS_STREAM_TEXT.encode()
@@ -100,7 +87,7 @@ def test_file_with_an_alternate_stream_downloads_its_main_stream(client: EmClien
 def test_a_name_with_a_stream_suffix_is_404(client: EmClient, stream: str) -> None:
     """V8: ``file.txt:nostream`` is a 404; so is an existing stream, which openflr does not
     serve as a file of its own."""
-    ntfs = mount(client, "ntfsfeatures")
+    ntfs = mount_point(client, "ntfsfeatures")
     url = f"{ntfs['Href']}/C:/withstreams/streams.txt:{stream}?action=download"
     with pytest.raises(ApiFailure) as missing:
         client.request("GET", url)
@@ -109,7 +96,7 @@ def test_a_name_with_a_stream_suffix_is_404(client: EmClient, stream: str) -> No
 
 def test_folder_download_around_a_file_with_streams_completes(client: EmClient) -> None:
     """V8: the zip holds each file's main stream; the alternate stream breaks nothing."""
-    ntfs = mount(client, "ntfsfeatures")
+    ntfs = mount_point(client, "ntfsfeatures")
     response = client.restore_for_download(walk_to(client, ntfs, "C:/withstreams"))
     archive = zipfile.ZipFile(io.BytesIO(response.content))
     assert sorted(archive.namelist()) == ["plain.txt", "streams.txt"]
@@ -118,7 +105,7 @@ def test_folder_download_around_a_file_with_streams_completes(client: EmClient) 
 
 
 def test_ntfs_symbolic_links_are_listed_and_never_followed(client: EmClient) -> None:
-    ntfs = mount(client, "ntfsfeatures")
+    ntfs = mount_point(client, "ntfsfeatures")
     links = client.list_all(walk_to(client, ntfs, "C:/links"))
     assert [(e["Name"], e["_tag" if "_tag" in e else "Type"]) for e in links] == [
         ("absolute", "FileEntry"),
@@ -134,7 +121,7 @@ def test_ntfs_symbolic_links_are_listed_and_never_followed(client: EmClient) -> 
 
 def test_ntfs_made_with_4096_byte_sectors_mounts_and_reads(client: EmClient) -> None:
     """V18: ``mkntfs -s 4096``, as on a 4Kn disk."""
-    ntfs = mount(client, "ntfs4k")
+    ntfs = mount_point(client, "ntfs4k")
     assert [r["Path"] for r in ntfs["FSRoots"]] == ["C:"]
     assert download(client, ntfs, "C:/hello.txt") == HELLO
     assert download(client, ntfs, "C:/docs/readme.txt") == (

@@ -15,9 +15,8 @@ import pytest
 from lxml import etree
 
 from tests.conftest import PASSWORD, USER, Server, sha256_file
-from tests.emclient import NS, EmClient, link
+from tests.emclient import NS, EmClient, link, walk_to
 from tests.fixtures import images
-from tests.test_flow import walk_to
 
 
 def message(response: httpx.Response) -> str:

@@ -344,8 +344,9 @@ def test_a_guest_path_never_leaves_its_mount(server: Server, trick: str) -> None
     # segments themselves and never send the trick.
     target = httpx.URL(mount["Href"])
     connection = http.client.HTTPConnection(target.host, target.port, timeout=30)
-    connection.request("GET", f"{target.raw_path.decode()}/{trick}?action=download",
-                       headers=client._headers())
+    connection.request(
+        "GET", f"{target.raw_path.decode()}/{trick}?action=download", headers=client._headers()
+    )
     response = connection.getresponse()
     body = response.read()
     connection.close()
