@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -398,17 +399,7 @@ class _Api:
                 f"{entry.name!r} (file extension rules).",
             )
         task = await run_in_threadpool(self._start_restore, request, mount, entry)
-        await run_in_threadpool(
-            self.services.audit.record,
-            "restore",
-            user=access.user,
-            address=_client(request),
-            session=mount.session_id,
-            restore_point=mount.restore_point.id,
-            restore_point_name=mount.restore_point.name,
-            guest_path=entry.path,
-            outcome=task.task_id,
-        )
+        await self._audit("restore", request, access, mount, entry, outcome=task.task_id)
         return respond(request, self._task_tree(request, task), 202, body_kind=kind)
 
     def _start_restore(self, request: Request, mount: Mount, entry: GuestEntry) -> Task:
@@ -487,18 +478,32 @@ class _Api:
             outcome = "interrupted"
             raise
         finally:
-            await run_in_threadpool(
-                self.services.audit.record,
-                "download",
-                user=access.user,
-                address=_client(request),
-                session=mount.session_id,
-                restore_point=mount.restore_point.id,
-                restore_point_name=mount.restore_point.name,
-                guest_path=entry.path,
-                bytes_sent=sent,
-                outcome=outcome,
+            await self._audit(
+                "download", request, access, mount, entry, bytes_sent=sent, outcome=outcome
             )
+
+    async def _audit(
+        self,
+        event: str,
+        request: Request,
+        access: Access,
+        mount: Mount,
+        entry: GuestEntry,
+        **fields: Any,
+    ) -> None:
+        """Audit an event on a guest path of a mount."""
+        record = functools.partial(
+            self.services.audit.record,
+            event,
+            user=access.user,
+            address=_client(request),
+            session=mount.session_id,
+            restore_point=mount.restore_point.id,
+            restore_point_name=mount.restore_point.name,
+            guest_path=entry.path,
+            **fields,
+        )
+        await run_in_threadpool(record)
 
     async def _listing(
         self,

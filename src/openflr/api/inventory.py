@@ -102,9 +102,13 @@ class Inventory:
         add("/api/lookup", self.lookup, methods=["GET"])
 
     async def _view(self, request: Request) -> View:
+        return (await self._session_view(request))[1]
+
+    async def _session_view(self, request: Request) -> tuple[LogonSession, View]:
+        """The logon session, and the view of the catalog its user may see."""
         session = await self.authenticate(request)
         access = await run_in_threadpool(self.services.users.access, session.user_name)
-        return await run_in_threadpool(make_view, request, self.services, access)
+        return session, await run_in_threadpool(make_view, request, self.services, access)
 
     # -- backup server -------------------------------------------------------------------------
 
@@ -231,14 +235,12 @@ class Inventory:
     # -- query service -------------------------------------------------------------------------
 
     async def query_service(self, request: Request) -> Response:
-        session = await self.authenticate(request)
-        access = await run_in_threadpool(self.services.users.access, session.user_name)
-        view = await run_in_threadpool(make_view, request, self.services, access)
+        session, view = await self._session_view(request)
         return respond(request, view.query_service(f"{view.api}/logonSessions/{session.id}"))
 
     async def run_query(self, request: Request) -> Response:
         """``GET /api/query?type=...``: filter, sort and page one type of resource."""
-        session = await self.authenticate(request)
+        await self.authenticate(request)
         params = query(request)
         wanted = (params.get("type") or "").strip().lower()
         type_name = next((t for t in QUERY_FIELDS if t.lower() == wanted), None)
@@ -247,8 +249,7 @@ class Inventory:
                 400,
                 f"Unknown query type {params.get('type')!r}: use one of {', '.join(QUERY_FIELDS)}.",
             )
-        access = await run_in_threadpool(self.services.users.access, session.user_name)
-        view = await run_in_threadpool(make_view, request, self.services, access)
+        session, view = await self._session_view(request)
         records = await run_in_threadpool(self._records, request, view, type_name, session)
         try:
             page_records, number, size, count = run_query(records, QUERY_FIELDS[type_name], params)
@@ -386,9 +387,7 @@ class Inventory:
     # -- lookup service ------------------------------------------------------------------------
 
     async def lookup_service(self, request: Request) -> Response:
-        session = await self.authenticate(request)
-        access = await run_in_threadpool(self.services.users.access, session.user_name)
-        view = await run_in_threadpool(make_view, request, self.services, access)
+        session, view = await self._session_view(request)
         return respond(request, view.lookup_service(f"{view.api}/logonSessions/{session.id}"))
 
     async def lookup(self, request: Request) -> Response:
