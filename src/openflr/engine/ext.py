@@ -1,0 +1,181 @@
+"""Listing ext2/3/4 folders in bulk: directory blocks and inode tables read whole.
+
+dissect.extfs parses every directory entry and every inode with its generic structure reader
+and reads each inode with a seek and a small read of its own: about 130 µs per entry, 13 s for
+a folder of 100,000 files. Here the folder's data is read in large blocks and its entries are
+unpacked with :mod:`struct`; the inodes they name are read as runs of whole inode-table blocks
+(files made together sit side by side there) and only the fields a listing shows are unpacked.
+Anything this reader does not expect (inline or encrypted folders, entries without a file type,
+a malformed entry) makes it return None, and the caller lists the folder the generic way.
+
+References:
+    - ext4 disk layout: linear directory entries (``ext4_dir_entry_2``: inode, rec_len,
+      name_len, file_type, name), htree index blocks hidden behind an entry of inode 0, the
+      checksum tail as an entry of inode 0; the ``ext4_inode`` field offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Any, NamedTuple
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ExtChild", "ExtNode", "list_ext_folder"]
+
+_DIRENT = struct.Struct("<IHBB")
+# i_mode, i_uid (low 16 bits), i_size_lo, i_mtime, i_size_high, and past the first 128 bytes
+# i_mtime_extra (epoch bits and nanoseconds): the fields a listing shows, in one unpack.
+_INODE_128 = struct.Struct("<HHI8xI88xI")
+_INODE_EXTRA = struct.Struct("<HHI8xI88xI24xI")
+_INLINE_DATA_FL = 0x10000000
+_ENCRYPT_FL = 0x800
+# Largest single read of folder data or of a run of inode-table blocks.
+_READ_LIMIT = 4 << 20
+
+
+class ExtChild(NamedTuple):
+    """One entry of an ext folder with the inode fields a listing shows."""
+
+    name: str
+    inum: int
+    mode: int
+    size: int
+    uid: int
+    mtime: float
+
+
+class ExtNode:
+    """A listed child that becomes a dissect.target entry only when it is opened."""
+
+    __slots__ = ("_folder", "_name", "_inum")
+
+    def __init__(self, folder: Any, name: str, inum: int) -> None:
+        self._folder = folder
+        self._name = name
+        self._inum = inum
+
+    def get(self) -> Any:
+        """Return the child as a dissect.target file system entry (no path lookup)."""
+        from dissect.target.filesystems.extfs import ExtFilesystemEntry
+        from dissect.target.helpers import fsutil
+
+        fs = self._folder.fs
+        path = fsutil.join(self._folder.path, self._name, alt_separator=fs.alt_separator)
+        return ExtFilesystemEntry(fs, path, fs.extfs.get_inode(self._inum, self._name))
+
+
+def list_ext_folder(folder: Any) -> list[ExtChild] | None:
+    """List an ext folder given as a dissect.target entry, or None to use the generic way.
+
+    The caller holds the restore point's lock: this reads the volume's stream directly.
+    """
+    if type(folder).__name__ != "ExtFilesystemEntry":
+        return None
+    try:
+        from dissect.extfs.c_ext import c_ext
+
+        extfs = folder.fs.extfs
+        inode = folder.entry
+        if extfs._dirtype is not c_ext.ext2_dir_entry_2:
+            return None  # no file type in the entries: an old ext2 without that feature
+        if inode.inode.i_flags & (_INLINE_DATA_FL | _ENCRYPT_FL):
+            return None
+        names = _read_entries(inode.open(), inode.size, extfs.block_size, extfs.sb.s_inodes_count)
+        if names is None:
+            return None
+        return _read_inodes(extfs, names)
+    except Exception as exc:  # a damaged folder: the generic way reports it per entry
+        log.debug("ext folder %s: bulk listing failed (%s); listing it entry by entry", folder, exc)
+        return None
+
+
+def _read_entries(
+    stream: Any, size: int, block_size: int, inodes_count: int
+) -> list[tuple[str, int]] | None:
+    """The (name, inode number) of every live entry in a folder's data."""
+    found: list[tuple[str, int]] = []
+    chunk = max(block_size, _READ_LIMIT // block_size * block_size)
+    unpack = _DIRENT.unpack_from
+    position = 0
+    while position < size:
+        data = stream.read(min(chunk, size - position))
+        if not data or len(data) % block_size:
+            return None
+        position += len(data)
+        for block in range(0, len(data), block_size):
+            offset, end = block, block + block_size
+            while offset < end - 8:
+                inum, rec_len, name_len, _kind = unpack(data, offset)
+                if rec_len < 8 or offset + rec_len > end or 8 + name_len > rec_len:
+                    return None  # malformed: let dissect decide what it can read
+                if 0 < inum < inodes_count:
+                    name = data[offset + 8 : offset + 8 + name_len].decode(
+                        "utf-8", "surrogateescape"
+                    )
+                    if name != "." and name != "..":
+                        found.append((name, inum))
+                offset += rec_len
+    return found
+
+
+def _read_inodes(extfs: Any, names: list[tuple[str, int]]) -> list[ExtChild] | None:
+    """Read the inodes of the listed entries, block runs of the inode tables at a time."""
+    block_size = extfs.block_size
+    per_group = extfs.sb.s_inodes_per_group
+    inode_size = extfs.sb.s_inode_size
+    wide = extfs._group_desc_size >= 64
+    tables: dict[int, int] = {}
+    offsets: list[int] = []
+    for _name, inum in names:
+        group, index = divmod(inum - 1, per_group)
+        table = tables.get(group)
+        if table is None:
+            desc = extfs._read_group_desc(group)
+            table = desc.bg_inode_table_lo
+            if wide:
+                table |= desc.bg_inode_table_hi << 32
+            tables[group] = table
+        offsets.append(table * block_size + index * inode_size)
+
+    blocks = _read_blocks(extfs.fh, sorted({o - o % block_size for o in offsets}), block_size)
+    children: list[ExtChild] = []
+    if inode_size > 128:
+        unpack = _INODE_EXTRA.unpack_from
+        for (name, inum), offset in zip(names, offsets, strict=True):
+            block = offset - offset % block_size
+            data, base = blocks[block]
+            mode, uid, size, seconds, size_high, extra = unpack(data, base + offset - block)
+            # Rounded to microseconds, as dissect.target's own stat gives it.
+            ns = (seconds | (extra & 0b11) << 32) * 1_000_000_000 + (extra >> 2)
+            mtime = (ns + 500) // 1000 / 1_000_000
+            children.append(ExtChild(name, inum, mode, size | size_high << 32, uid, mtime))
+    else:
+        unpack = _INODE_128.unpack_from
+        for (name, inum), offset in zip(names, offsets, strict=True):
+            block = offset - offset % block_size
+            data, base = blocks[block]
+            mode, uid, size, seconds, size_high = unpack(data, base + offset - block)
+            children.append(ExtChild(name, inum, mode, size | size_high << 32, uid, seconds))
+    return children
+
+
+def _read_blocks(fh: Any, wanted: list[int], block_size: int) -> dict[int, tuple[bytes, int]]:
+    """Read the wanted blocks, neighbours together; map each to its buffer and place in it."""
+    blocks: dict[int, tuple[bytes, int]] = {}
+    i = 0
+    while i < len(wanted):
+        start, j = wanted[i], i
+        while (
+            j + 1 < len(wanted)
+            and wanted[j + 1] == wanted[j] + block_size
+            and wanted[j + 1] + block_size - start <= _READ_LIMIT
+        ):
+            j += 1
+        fh.seek(start)
+        data = fh.read(wanted[j] + block_size - start)
+        for k in range(i, j + 1):
+            blocks[wanted[k]] = (data, wanted[k] - start)
+        i = j + 1
+    return blocks
