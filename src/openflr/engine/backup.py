@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 from lxml import etree
 
 from openflr.engine.errors import BackupError, UnsupportedBackup
+from openflr.engine.qcow2 import speed_up_qcow2
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,7 @@ def open_image_disks(paths: list[Path]) -> tuple[list[Disk], Callable[[], None]]
             except Exception as exc:
                 raise BackupError(f"{path.name}: cannot open disk image ({exc})") from exc
             opened.append(disk)
+            speed_up_qcow2(disk)
             disks.append(Disk(name=path.name, stream=disk, size=int(disk.size or 0)))
     except Exception:
         close()
