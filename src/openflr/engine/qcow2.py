@@ -52,7 +52,7 @@ def speed_up_qcow2(container: Any) -> None:
     container.stream = ClusterRunStream(qcow2, container.stream)
 
 
-class ClusterRunStream(AlignedStream):
+class ClusterRunStream(AlignedStream):  # type: ignore[misc]
     """The guest disk of a QCOW2 image, read in runs of adjacent clusters.
 
     Args:
@@ -91,7 +91,7 @@ class ClusterRunStream(AlignedStream):
         l2_offset = self._l1[l1_index] if l1_index < len(self._l1) else 0
         if not l2_offset:
             return 0
-        return self._l2_table(l2_offset)[l2_index]
+        return int(self._l2_table(l2_offset)[l2_index])
 
     def _read(self, offset: int, length: int) -> bytes:
         parts: list[bytes] = []
