@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -268,6 +269,18 @@ class PeakRss:
         self.growth = self._field("VmHWM") - self.before
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """User plus system CPU time of the finished child processes (the curl clients)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 # -- figures -------------------------------------------------------------------------------------
 
 
@@ -302,14 +315,20 @@ def measure_downloads(
             mount = client.mount(client.point_id(machine))
             url = f"{mount}/{path}?action=download"
             runs = []
+            server_cpu = client_cpu = 0.0
             for rep in range(reps):
+                cpu_before, children_before = cpu_seconds(pid), children_cpu_seconds()
                 with PeakRss(pid) as rss:
                     got, seconds = curl(url, client.token)
+                server_cpu += cpu_seconds(pid) - cpu_before
+                client_cpu += children_cpu_seconds() - children_before
                 if got != size:
                     raise RuntimeError(f"{machine}: downloaded {got} bytes, not {size}")
                 runs.append(size / seconds / 1e6)
                 if rep == 0:
                     memory.append(rss.growth)
+            # CPU time per wall second: how many of the cores one download keeps busy.
+            wall = sum(size / (r * 1e6) for r in runs)
             speed = statistics.median(runs)
             speeds[machine] = speed
             case = "NTFS in VHDX" if machine == "benchwin" else "ext4 in QCOW2"
@@ -317,6 +336,7 @@ def measure_downloads(
                 "download ratio", case, speed, sendfile, "MB/s", "bare sendfile HTTP server",
                 ">= 0.5", speed / sendfile, runs_mb_s=runs, cat_mb_s=cat,
                 ratio_to_cat=speed / cat, file_bytes=size,
+                server_cores=server_cpu / wall, curl_cores=client_cpu / wall,
             ))  # fmt: skip
             client.unmount(mount)
     finally:
@@ -498,7 +518,7 @@ def measure_zip(
 
 
 def measure_concurrency(
-    work: Work, api: str, clients: int, single: float, results: list[Figure]
+    work: Work, api: str, pid: int, clients: int, single: float, results: list[Figure]
 ) -> None:
     """Total throughput of parallel downloads of the big file from one mount."""
     client = Client(api)
@@ -512,19 +532,22 @@ def measure_concurrency(
             got.append(curl(url, client.token)[0])
 
         threads = [threading.Thread(target=one) for _ in range(clients)]
+        cpu_before, children_before = cpu_seconds(pid), children_cpu_seconds()
         started = time.perf_counter()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(DEADLINE)
         seconds = time.perf_counter() - started
+        server_cores = (cpu_seconds(pid) - cpu_before) / seconds
+        curl_cores = (children_cpu_seconds() - children_before) / seconds
         if got != [size] * clients:
             raise RuntimeError(f"parallel downloads got {got}, not {clients} x {size}")
         total = clients * size / seconds / 1e6
         results.append(ratio_figure(
             "concurrency", f"{clients} downloads, ext4 in QCOW2", total, single, "MB/s",
             "one download of the same file (download ratio)", ">= 1.5", total / single,
-            seconds=seconds,
+            seconds=seconds, server_cores=server_cores, curl_cores=curl_cores,
         ))  # fmt: skip
         client.unmount(mount)
     finally:
@@ -609,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         if wanted & {"listing", "paging", "zip", "memory"}:
             measure_folders(work, api, pid, sizes, results, memory, wanted)
         if "concurrency" in wanted:
-            measure_concurrency(work, api, sizes["clients"], single["benchlin"], results)
+            measure_concurrency(work, api, pid, sizes["clients"], single["benchlin"], results)
     if "mount" in wanted:
         measure_mount(work, sizes["reps"], results)
     if "memory" in wanted and memory:
