@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Any, NamedTuple
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +31,15 @@ _INODE_128 = struct.Struct("<HHI8xI88xI")
 _INODE_EXTRA = struct.Struct("<HHI8xI88xI24xI")
 _INLINE_DATA_FL = 0x10000000
 _ENCRYPT_FL = 0x800
-# Largest single read of folder data or of a run of inode-table blocks.
+# Largest single read of folder data.
 _READ_LIMIT = 4 << 20
+# An inode-table span up to this size is read whole even if few of its inodes are listed.
+_SPARSE_SPAN = 256 << 10
 
 
-class ExtChild(NamedTuple):
-    """One entry of an ext folder with the inode fields a listing shows."""
-
-    name: str
-    inum: int
-    mode: int
-    size: int
-    uid: int
-    mtime: float
+#: One entry of an ext folder with the inode fields a listing shows: name, inode number, mode,
+#: size, owner's user id, modification time.
+ExtChild = tuple[str, int, int, int, int, float]
 
 
 class ExtNode:
@@ -121,61 +117,66 @@ def _read_entries(
 
 
 def _read_inodes(extfs: Any, names: list[tuple[str, int]]) -> list[ExtChild] | None:
-    """Read the inodes of the listed entries, block runs of the inode tables at a time."""
-    block_size = extfs.block_size
+    """Read the inodes of the listed entries, whole spans of the inode tables at a time."""
     per_group = extfs.sb.s_inodes_per_group
     inode_size = extfs.sb.s_inode_size
-    wide = extfs._group_desc_size >= 64
-    tables: dict[int, int] = {}
-    offsets: list[int] = []
-    for _name, inum in names:
-        group, index = divmod(inum - 1, per_group)
-        table = tables.get(group)
-        if table is None:
-            desc = extfs._read_group_desc(group)
-            table = desc.bg_inode_table_lo
-            if wide:
-                table |= desc.bg_inode_table_hi << 32
-            tables[group] = table
-        offsets.append(table * block_size + index * inode_size)
+    located = [(name, inum, *divmod(inum - 1, per_group)) for name, inum in names]
 
-    blocks = _read_blocks(extfs.fh, sorted({o - o % block_size for o in offsets}), block_size)
+    spans: dict[int, list[int]] = {}  # group -> [first index, last index, count]
+    for _name, _inum, group, index in located:
+        span = spans.get(group)
+        if span is None:
+            spans[group] = [index, index, 1]
+        else:
+            if index < span[0]:
+                span[0] = index
+            elif index > span[1]:
+                span[1] = index
+            span[2] += 1
+    tables: dict[int, tuple[bytes, int]] = {}  # group -> (its read span, index of its first)
+    sparse: list[int] = []
+    for group, (first, last, count) in spans.items():
+        if (last - first + 1) * inode_size > max(_SPARSE_SPAN, 64 * count * inode_size):
+            sparse.append(group)
+            continue
+        table = _read_at(extfs, _table_offset(extfs, group, first), last - first + 1)
+        tables[group] = (table, first)
+
     children: list[ExtChild] = []
-    if inode_size > 128:
-        unpack = _INODE_EXTRA.unpack_from
-        for (name, inum), offset in zip(names, offsets, strict=True):
-            block = offset - offset % block_size
-            data, base = blocks[block]
-            mode, uid, size, seconds, size_high, extra = unpack(data, base + offset - block)
+    wide = inode_size > 128
+    unpack = (_INODE_EXTRA if wide else _INODE_128).unpack_from
+    append = children.append
+    for name, inum, group, index in located:
+        found = tables.get(group)
+        if found is None:  # a group whose few inodes lie far apart: read just this one
+            data, at = _read_at(extfs, _table_offset(extfs, group, index), 1), 0
+        else:
+            data, at = found[0], (index - found[1]) * inode_size
+        if wide:
+            mode, uid, size, seconds, size_high, extra = unpack(data, at)
             # Rounded to microseconds, as dissect.target's own stat gives it.
             ns = (seconds | (extra & 0b11) << 32) * 1_000_000_000 + (extra >> 2)
             mtime = (ns + 500) // 1000 / 1_000_000
-            children.append(ExtChild(name, inum, mode, size | size_high << 32, uid, mtime))
-    else:
-        unpack = _INODE_128.unpack_from
-        for (name, inum), offset in zip(names, offsets, strict=True):
-            block = offset - offset % block_size
-            data, base = blocks[block]
-            mode, uid, size, seconds, size_high = unpack(data, base + offset - block)
-            children.append(ExtChild(name, inum, mode, size | size_high << 32, uid, seconds))
+        else:
+            mode, uid, size, seconds, size_high = unpack(data, at)
+            mtime = float(seconds)
+        append((name, inum, mode, size | size_high << 32, uid, mtime))
     return children
 
 
-def _read_blocks(fh: Any, wanted: list[int], block_size: int) -> dict[int, tuple[bytes, int]]:
-    """Read the wanted blocks, neighbours together; map each to its buffer and place in it."""
-    blocks: dict[int, tuple[bytes, int]] = {}
-    i = 0
-    while i < len(wanted):
-        start, j = wanted[i], i
-        while (
-            j + 1 < len(wanted)
-            and wanted[j + 1] == wanted[j] + block_size
-            and wanted[j + 1] + block_size - start <= _READ_LIMIT
-        ):
-            j += 1
-        fh.seek(start)
-        data = fh.read(wanted[j] + block_size - start)
-        for k in range(i, j + 1):
-            blocks[wanted[k]] = (data, wanted[k] - start)
-        i = j + 1
-    return blocks
+def _table_offset(extfs: Any, group: int, index: int) -> int:
+    """Where in the volume inode ``index`` of a block group lies."""
+    desc = extfs._read_group_desc(group)
+    table = desc.bg_inode_table_lo
+    if extfs._group_desc_size >= 64:
+        table |= desc.bg_inode_table_hi << 32
+    return int(table * extfs.block_size + index * extfs.sb.s_inode_size)
+
+
+def _read_at(extfs: Any, offset: int, inodes: int) -> bytes:
+    size = inodes * extfs.sb.s_inode_size
+    extfs.fh.seek(offset)
+    data = bytes(extfs.fh.read(size))
+    if len(data) != size:
+        raise EOFError(f"inode table ends {size - len(data)} bytes early at offset {offset}")
+    return data
