@@ -22,7 +22,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExtChild", "ExtNode", "list_ext_folder"]
+__all__ = ["ExtChild", "ExtNode", "list_ext_folder", "open_ext_file"]
 
 _DIRENT = struct.Struct("<IHBB")
 # i_mode, i_uid (low 16 bits), i_size_lo, i_mtime, i_size_high, and past the first 128 bytes
@@ -180,3 +180,54 @@ def _read_at(extfs: Any, offset: int, inodes: int) -> bytes:
     if len(data) != size:
         raise EOFError(f"inode table ends {size - len(data)} bytes early at offset {offset}")
     return data
+
+
+_EXTENTS_FL = 0x80000
+# i_mode, i_size_lo, i_flags, the 60 bytes of i_block, i_size_high.
+_INODE_DATA = struct.Struct("<H2xI24xI4x60s8xI")
+_EXTENT_HEADER = struct.Struct("<HHHH4x")
+_EXTENT = struct.Struct("<IHHI")
+
+
+def open_ext_file(folder: Any, inum: int) -> Any:
+    """Open a listed regular file by inode number, or return None to open it the generic way.
+
+    A zip of 10,000 small files spent two thirds of its time opening them: dissect parses the
+    whole inode and its extent header with its structure reader, and a stat on top. Here the
+    inode is read with one small read and a file whose extents all sit in the inode (depth 0,
+    at most four, none unwritten) becomes the same run-list stream dissect would make.
+    """
+    if type(folder).__name__ != "ExtFilesystemEntry":
+        return None
+    try:
+        from dissect.util.stream import RunlistStream
+
+        extfs = folder.fs.extfs
+        group, index = divmod(inum - 1, extfs.sb.s_inodes_per_group)
+        raw = _read_at(extfs, _table_offset(extfs, group, index), 1)
+        mode, size, flags, block, size_high = _INODE_DATA.unpack_from(raw)
+        if mode & 0o170000 != 0o100000 or not flags & _EXTENTS_FL:
+            return None
+        if flags & (_INLINE_DATA_FL | _ENCRYPT_FL):
+            return None
+        magic, entries, _most, depth = _EXTENT_HEADER.unpack_from(block)
+        if magic != 0xF30A or depth != 0 or entries > 4:
+            return None
+        size |= size_high << 32
+        runs: list[tuple[int | None, int]] = []
+        position = 0
+        for k in range(entries):
+            first, length, start_high, start_low = _EXTENT.unpack_from(block, 12 + 12 * k)
+            if length > 0x8000 or first < position:
+                return None  # unwritten or out-of-order extents: leave them to dissect
+            if first > position:
+                runs.append((None, first - position))
+            runs.append((start_high << 32 | start_low, length))
+            position = first + length
+        blocks = -(-size // extfs.block_size)
+        if position < blocks:
+            runs.append((None, blocks - position))
+        return RunlistStream(extfs.fh, runs, size, extfs.block_size)
+    except Exception as exc:
+        log.debug("ext inode %d: quick open failed (%s); opening it the generic way", inum, exc)
+        return None

@@ -25,7 +25,7 @@ from openflr.engine.errors import (
     IsAFolder,
     NotAFolder,
 )
-from openflr.engine.ext import ExtNode, list_ext_folder
+from openflr.engine.ext import ExtNode, list_ext_folder, open_ext_file
 from openflr.engine.volumes import Volume, find_volumes
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,9 @@ class GuestFileSystem:
         if not parts or tuple(parts) in root.mounts:
             raise IsAFolder(guest_path)
         with self.lock, _damage_reported(guest_path):
+            fh = self._open_listed(root, parts)
+            if fh is not None:
+                return GuestFileStream(fh, self.lock, guest_path)
             entry = self._entry_at(root, parts, guest_path)
             if stat_module.S_ISDIR(entry.lstat().st_mode):
                 raise IsAFolder(guest_path)
@@ -312,6 +315,16 @@ class GuestFileSystem:
                 except Exception as exc:
                     log.debug("%r: open through its listing failed (%s)", guest_path, exc)
         return self._fs_entry(volume, inner, guest_path)
+
+    def _open_listed(self, root: _Root, parts: list[str]) -> Any:
+        """Open a file its folder's listing names as a file, without a lookup or stat; or None."""
+        parent = self._listings.get(_join(root.name, parts[:-1]))
+        if parent is None or tuple(parts) in root.mounts:
+            return None
+        node, listed = parent.nodes.get(parts[-1]), parent.by_name.get(parts[-1])
+        if not isinstance(node, int) or listed is None or listed.kind != "file":
+            return None
+        return open_ext_file(parent.folder, node)
 
     def _fs_entry(self, volume: Volume, inner: list[str], guest_path: str) -> Any:
         if volume.fs_type in _WINDOWS_FS and any(":" in part for part in inner):
