@@ -31,6 +31,7 @@ __all__ = ["speed_up_qcow2"]
 _OFFSET_MASK = 0x00FFFFFFFFFFFE00
 _COMPRESSED = 1 << 62
 _ZERO = 1
+_ALIGN = 4096
 # L2 tables kept per image: each maps cluster_size / 8 clusters (512 MiB of disk for 64 KiB
 # clusters) and takes one cluster of memory.
 _L2_TABLES = 64
@@ -61,7 +62,9 @@ class ClusterRunStream(AlignedStream):  # type: ignore[misc]
     """
 
     def __init__(self, qcow2: Any, fallback: Any) -> None:
-        super().__init__(qcow2.size, align=qcow2.cluster_size)
+        # Align to 4 KiB, not to the cluster: a small read (an inode, a small file) then fills a
+        # 4 KiB buffer instead of a whole 64 KiB cluster; large reads pass through whole.
+        super().__init__(qcow2.size, align=min(_ALIGN, qcow2.cluster_size))
         self._fh = qcow2.fh
         self._fallback = fallback
         self._cluster_bits = qcow2.cluster_bits
