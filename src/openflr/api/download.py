@@ -6,14 +6,17 @@ buffer that is handed to the client as soon as it fills. Nothing holds a whole f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+import anyio
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from openflr.api.errors import ApiError
@@ -121,8 +124,38 @@ def file_response(
             stream.close()
 
     return StreamingResponse(
-        chunks(), status_code=status, headers=headers, media_type="application/octet-stream"
+        read_ahead(chunks()),
+        status_code=status,
+        headers=headers,
+        media_type="application/octet-stream",
     )
+
+
+async def read_ahead(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Yield the chunks of a blocking iterator, reading the next one while this one is sent.
+
+    Reading a chunk (in a worker thread) and sending it (on the event loop) then overlap instead
+    of taking turns; one chunk is read ahead, so a download holds at most two in memory besides
+    what the socket has not taken yet.
+    """
+    done = object()
+    pending = asyncio.ensure_future(run_in_threadpool(next, chunks, done))
+    try:
+        while True:
+            chunk = await pending
+            if chunk is done:
+                return
+            pending = asyncio.ensure_future(run_in_threadpool(next, chunks, done))
+            yield chunk  # type: ignore[misc]
+    finally:
+        # A client that went away leaves a read in flight: let it end before closing the
+        # iterator (which closes the guest file), even while this task is being cancelled.
+        with anyio.CancelScope(shield=True):
+            try:
+                await pending
+            except Exception:
+                pass
+            await run_in_threadpool(chunks.close)  # type: ignore[attr-defined]
 
 
 class _Sink:
@@ -222,7 +255,7 @@ def folder_response(
             time.monotonic() - started,
         )
 
-    return StreamingResponse(chunks(), media_type="application/zip", headers=headers)
+    return StreamingResponse(read_ahead(chunks()), media_type="application/zip", headers=headers)
 
 
 def _walk(files: GuestFileSystem, path: str, errors: list[str]) -> Iterator[GuestEntry]:

@@ -191,6 +191,8 @@ def _sibling(image: Path, name: str, what: str) -> Path:
 def _open_qcow2(path: Path, depth: int = 0) -> tuple[BinaryIO, int, Any]:
     from dissect.hypervisor.disk.qcow2 import QCow2
 
+    from openflr.engine.qcow2 import cluster_run_stream
+
     if depth > _MAX_CHAIN:
         raise BackupError(f"{path.name}: QCOW2 backing chain deeper than {_MAX_CHAIN} files")
     backing = _qcow2_backing_name(path)
@@ -204,7 +206,7 @@ def _open_qcow2(path: Path, depth: int = 0) -> tuple[BinaryIO, int, Any]:
         else:
             backing_stream = backing_path.open("rb")
     qcow2 = QCow2(path.open("rb"), backing_file=backing_stream)
-    stream = qcow2.open()
+    stream = cluster_run_stream(qcow2, qcow2.open())
     return stream, int(qcow2.size), qcow2
 
 
