@@ -118,3 +118,23 @@ def test_serve_refuses_a_missing_repository(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert f"repository {tmp_path / 'nope'} is not a folder" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.0.2.10", False),
+        ("backup.example", False),
+    ],
+)
+def test_plain_http_is_called_out_outside_loopback(host: str, loopback: bool) -> None:
+    from openflr.cli import is_loopback
+
+    assert is_loopback(host) is loopback

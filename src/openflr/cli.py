@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -240,7 +241,7 @@ def serve(
             (tls_cert, tls_key) if tls_cert and tls_key else ensure_self_signed(data_dir, host)
         )
         ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
-    elif host not in ("127.0.0.1", "::1", "localhost"):
+    elif not is_loopback(host):
         log.warning(
             "serving plain HTTP on %s: logon passwords and files cross the network "
             "unencrypted; use TLS outside loopback",
@@ -277,6 +278,16 @@ def serve(
         )
     finally:
         services.stop()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listening address keeps traffic on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _ensure_initial_user(services: object, data_dir: Path) -> str | None:
