@@ -27,20 +27,7 @@ from openflr.fuse import folder_name
 from tests.conftest import PASSWORD, USER, Server, sha256, sha256_file
 from tests.emclient import EmClient, link
 from tests.fixtures import images
-
-# The files compared byte for byte, relative to the source tree.
-FILES = [
-    images.HELLO_NAME,
-    images.EMPTY_NAME,
-    images.BIG_NAME,
-    images.NFC_NAME,
-    images.NFD_NAME,
-    images.JAPANESE_NAME,
-    images.SPECIAL_NAME,
-    images.SPECIAL_DIR_FILE,
-    images.DEEP_LEAF,
-    f"{images.MANY_DIR}/f02499.txt",
-]
+from tests.test_flow import FILES
 
 
 def _fuse_missing() -> str | None:
