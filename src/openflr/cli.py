@@ -280,6 +280,14 @@ def serve(
         services.stop()
 
 
+def _command() -> str:
+    """How this command was started (``.venv/bin/openflr``), so that hints can be pasted."""
+    started = Path(sys.argv[0])
+    if started.name == "openflr" and started.parent != Path():
+        return str(started)
+    return "openflr"
+
+
 def is_loopback(host: str) -> bool:
     """Whether a listening address keeps traffic on this machine (127.0.0.0/8, ::1, localhost)."""
     if host.strip("[]").lower() == "localhost":
@@ -306,7 +314,7 @@ def _ensure_initial_user(services: object, data_dir: Path) -> str | None:
         password = password_file.read_text().strip()
         return (
             f"  User: {INITIAL_USER}   Password: {password}\n"
-            f"  (change it with: openflr user add {INITIAL_USER} --data-dir {data_dir} "
+            f"  (change it with: {_command()} user add {INITIAL_USER} --data-dir {data_dir} "
             "--password-stdin)"
         )
     return None
