@@ -39,6 +39,8 @@ _CHECKS = threading.BoundedSemaphore(2)
 # time as a wrong password and the answer time tells nothing about which names exist.
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
 
+_TOUCH_EVERY = timedelta(seconds=1)
+
 _USER_NAME = re.compile(r"^[^\x00-\x1f\\/@:]{1,256}$")
 
 
@@ -246,7 +248,10 @@ class SessionService:
             if now - as_utc(row.last_seen) > self.timeout and not self._is_busy(row.id):
                 expired_id = row.id
             else:
-                row.last_seen = now
+                # Written at most every _TOUCH_EVERY: a write per listing page or download chunk
+                # request buys no precision the idle timeout needs.
+                if now - as_utc(row.last_seen) > min(_TOUCH_EVERY, self.timeout / 10):
+                    row.last_seen = now
                 return _to_session(row)
         self.end(expired_id, reason="idle timeout")
         return None

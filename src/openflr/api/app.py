@@ -294,7 +294,7 @@ class _Api:
             session.user_name,
             _client(request),
         )
-        return respond(request, self._task_tree(request, task), 202, body_kind=kind)
+        return respond(request, await self._task_node(request, task), 202, body_kind=kind)
 
     async def list_mounts(self, request: Request, point_id: str) -> Response:
         session = await self._session(request)
@@ -400,7 +400,7 @@ class _Api:
             )
         task = await run_in_threadpool(self._start_restore, request, mount, entry)
         await self._audit("restore", request, access, mount, entry, outcome=task.task_id)
-        return respond(request, self._task_tree(request, task), 202, body_kind=kind)
+        return respond(request, await self._task_node(request, task), 202, body_kind=kind)
 
     def _start_restore(self, request: Request, mount: Mount, entry: GuestEntry) -> Task:
         files = mount.opened.files
@@ -539,7 +539,7 @@ class _Api:
     async def list_tasks(self, request: Request) -> Response:
         session = await self._session(request)
         found = await run_in_threadpool(self.services.tasks.list, session.id)
-        return respond(request, rep.tasks([self._task_tree(request, t) for t in found]))
+        return respond(request, rep.tasks([await self._task_node(request, t) for t in found]))
 
     async def get_task(self, request: Request, task_id: str) -> Response:
         session = await self._session(request)
@@ -549,7 +549,7 @@ class _Api:
             task = await run_in_threadpool(self.services.tasks.get, session.id, number)
         if task is None:
             raise ApiError(404, f"No task {task_id} in this logon session.")
-        return respond(request, self._task_tree(request, task))
+        return respond(request, await self._task_node(request, task))
 
     async def delete_task(self, request: Request, task_id: str) -> Response:
         session = await self._session(request)
@@ -625,8 +625,9 @@ class _Api:
         roots = mount.opened.files.root_entries()
         return rep.mount(urls, mount.restore_point, mount.number, roots)
 
-    def _task_tree(self, request: Request, task: Task) -> Node:
-        return task_tree(request, self.services, task)
+    async def _task_node(self, request: Request, task: Task) -> Node:
+        # Off the event loop: finding the task's restore point may rescan the repositories.
+        return await run_in_threadpool(task_tree, request, self.services, task)
 
 
 def _stat(mount: Mount, guest_path: str) -> GuestEntry:
