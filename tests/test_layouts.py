@@ -238,7 +238,9 @@ def test_encrypted_and_damaged_volumes_are_named_in_the_mount_message(client: Em
     assert download(client, broken, "/hello.txt") == HELLO
 
 
-def test_ntfs_entries_carry_no_owner(server: Server) -> None:
+def test_ntfs_entry_whose_security_data_names_no_owner_carries_none(server: Server) -> None:
+    """wimlib applies these files without security descriptors (``--no-acls``): no owner SID,
+    so no Owner, rather than a made-up one (owners by name: test_ntfs)."""
     em = EmClient(server.base, as_json=True)
     em.logon(USER, PASSWORD)
     win = em.mount(em.restore_point("winbox@"))

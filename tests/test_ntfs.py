@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import tempfile
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -39,6 +42,8 @@ def ntfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     require_tools((*images.REQUIRED_TOOLS, "ntfscp", "ntfsinfo", "hivexsh"))
     repo = tmp_path_factory.mktemp("ntfs")
     images.build_ntfs_points(repo)
+    if images.ntfs3g_missing() is None:
+        images.build_ntfs_rich_point(repo)
     srv = Server(tmp_path_factory.mktemp("ntfs-data"), [repo]).start()
     yield srv
     srv.stop()
@@ -83,15 +88,25 @@ def test_file_with_an_alternate_stream_downloads_its_main_stream(client: EmClien
     assert client.restore_for_download(entry).content == images.NTFS_STREAM_TEXT.encode()
 
 
-@pytest.mark.parametrize("stream", ["nostream", "hidden"])
-def test_a_name_with_a_stream_suffix_is_404(client: EmClient, stream: str) -> None:
-    """V8: ``file.txt:nostream`` is a 404; so is an existing stream, which openflr does not
-    serve as a file of its own."""
+@pytest.mark.parametrize(
+    "name", ["streams.txt:nostream", "plain.txt:hidden", "streams.txt:", "streams.txt:a:b"]
+)
+def test_a_stream_the_file_does_not_have_is_404(client: EmClient, name: str) -> None:
+    """V8: ``file.txt:nostream`` is a 404, and so are malformed stream names."""
     ntfs = mount_point(client, "ntfsfeatures")
-    url = f"{ntfs['Href']}/C:/withstreams/streams.txt:{stream}?action=download"
+    url = f"{ntfs['Href']}/C:/withstreams/{quote(name)}?action=download"
     with pytest.raises(ApiFailure) as missing:
         client.request("GET", url)
     assert missing.value.response.status_code == 404
+
+
+def test_an_alternate_stream_downloads_by_its_name(client: EmClient) -> None:
+    """``file.txt:stream`` serves that stream's bytes, as Windows names it; folders list none."""
+    ntfs = mount_point(client, "ntfsfeatures")
+    url = f"{ntfs['Href']}/C:/withstreams/streams.txt:hidden?action=download"
+    assert client.request("GET", url).content == images.NTFS_ADS_TEXT.encode()
+    listed = client.list_all(walk_to(client, ntfs, "C:/withstreams"))
+    assert sorted(e["Name"] for e in listed) == ["plain.txt", "streams.txt"]
 
 
 def test_folder_download_around_a_file_with_streams_completes(client: EmClient) -> None:
@@ -128,3 +143,92 @@ def test_ntfs_made_with_4096_byte_sectors_mounts_and_reads(client: EmClient) -> 
         b"A nested file of a layout restore point.\n"
     )
     assert sha256(download(client, ntfs, "C:/big.bin")) == BIG_SHA256
+
+
+# ---------------------------------------------------------------------------------------------
+# The ntfsrich point: written through ntfs-3g (owners, LZNT1, junctions, deduplication)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rich(client: EmClient) -> dict[str, object]:
+    missing = images.ntfs3g_missing()
+    if missing is not None:
+        pytest.skip(f"the ntfsrich point needs ntfs-3g through FUSE: {missing}")
+    return mount_point(client, "ntfsrich")
+
+
+def test_owners_are_the_account_names_of_the_guest(client: EmClient, rich: dict) -> None:
+    """Local accounts and groups from the guest's SAM, well-known SIDs by name, and a SID the
+    guest cannot name (a domain account) as itself."""
+    listed = {e["Name"]: e["Owner"] for e in client.list_all(walk_to(client, rich, "C:/owners"))}
+    assert listed == {
+        "alice.txt": "alice",
+        "team.txt": "Backup Team",
+        "system.txt": "SYSTEM",
+        "installer.txt": "TrustedInstaller",
+        "domain.txt": "S-1-5-21-1004336348-1177238915-682003330-1105",
+    }
+    one = client.get(f"{rich['Href']}/C:/owners/alice.txt")
+    assert one["Owner"] == "alice"
+
+
+def test_lznt1_compressed_files_download_byte_exact(client: EmClient, rich: dict) -> None:
+    """V17: files ntfs-3g wrote into a folder with the compressed attribute."""
+    random_part = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as tmp:
+        images._write_random(Path(tmp) / "r", images.MIB, images.RICH_COMPRESSED_SEED)
+        random_part.update((Path(tmp) / "r").read_bytes())
+    mixed = download(client, rich, "C:/compressed/mixed.bin")
+    assert len(mixed) == 2 * images.MIB
+    assert hashlib.sha256(mixed[: images.MIB]).digest() == random_part.digest()
+    assert mixed[images.MIB :] == bytes(images.MIB)
+    text = download(client, rich, "C:/compressed/text.txt")
+    assert text == images.RICH_COMPRESSED_TEXT.encode()
+
+
+def test_junctions_are_links_never_followed(client: EmClient, rich: dict) -> None:
+    """A junction to a folder and one to its own volume's root (a loop) are listed as links,
+    not folders; a download of one is refused and the root's zip completes without them."""
+    folder = walk_to(client, rich, "C:/links")
+    root = {e["Name"]: e for e in client.list_all(folder)}
+    assert sorted(root) == ["junction", "loop", "plain.txt"]
+    for name in ("junction", "loop"):
+        assert root[name]["_tag" if "_tag" in root[name] else "Type"] == "FileEntry"
+        with pytest.raises(ApiFailure) as refused:
+            client.restore_for_download(root[name])
+        assert refused.value.response.status_code == 400
+    assert download(client, rich, "C:/target/inside.txt") == b"Inside the junction's target.\n"
+    archive = zipfile.ZipFile(io.BytesIO(client.restore_for_download(folder).content))
+    assert sorted(archive.namelist()) == ["openflr-errors.txt", "plain.txt"]
+    errors = archive.read("openflr-errors.txt").decode()
+    assert errors.splitlines() == [
+        "junction: symbolic link, not followed",
+        "loop: symbolic link, not followed",
+    ]
+
+
+def test_deduplicated_file_without_its_chunk_store_is_a_clear_error(
+    client: EmClient, rich: dict
+) -> None:
+    """V9: the size shows, the download is refused with the reason, never zeros; a zip around
+    it completes and names it in its error list."""
+    entry = walk_to(client, rich, "C:/dedup/dedup.bin")
+    assert int(entry["Size"]) == images.RICH_DEDUP_SIZE
+    url = f"{rich['Href']}/C:/dedup/dedup.bin?action=download"
+    with pytest.raises(ApiFailure) as refused:
+        client.request("GET", url)
+    assert refused.value.response.status_code == 500
+    assert "deduplication" in refused.value.response.json()["Message"]
+    folder = walk_to(client, rich, "C:/dedup")
+    archive = zipfile.ZipFile(io.BytesIO(client.restore_for_download(folder).content))
+    assert sorted(archive.namelist()) == ["openflr-errors.txt", "plain.txt"]
+    (error,) = archive.read("openflr-errors.txt").decode().splitlines()
+    assert error.startswith("dedup.bin: ") and "deduplication" in error
+
+
+def test_every_alternate_stream_downloads_by_name(client: EmClient, rich: dict) -> None:
+    for stream, text in (("hidden", images.NTFS_ADS_TEXT), images.RICH_STREAM):
+        url = f"{rich['Href']}/C:/streams.txt:{stream}?action=download"
+        assert client.request("GET", url).content == text.encode()
+    assert download(client, rich, "C:/streams.txt") == images.NTFS_STREAM_TEXT.encode()

@@ -64,6 +64,9 @@ def test_windows_agent_disk_backup_restores_both_files(
     for name, (size, digest) in expected.items():
         assert int(listing[name]["Size"]) == size
         assert sha256(client.restore_for_download(listing[name]).content) == digest
+        # The owner SID S-1-5-21-1313081678-2233198605-520467585-1001 is the account
+        # "DESKTOP-4V7D3ET\user" in the backup's GuestMembers.xml: a local account, by name.
+        assert listing[name]["Owner"] == "user"
     client.logoff()
 
 

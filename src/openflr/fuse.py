@@ -315,7 +315,46 @@ class _Operations:
         return found
 
     def readlink(self, path: str) -> str:
-        return str(self._engine(self._files.readlink, self._guest_path(path)))
+        target = str(self._engine(self._files.readlink, self._guest_path(path)))
+        return self._inside(path, target)
+
+    def _inside(self, path: str, target: str) -> str:
+        """A link's target as a path relative to the link that stays inside this folder.
+
+        The guest resolved its links against its own root, so an absolute target
+        (``/etc/hosts``, a junction's ``C:\\Users``) would lead a program that follows it out
+        of the mount and into the server's own files. Absolute targets are taken from the
+        drive or tree the guest meant, and ``..`` stops at the mount folder as it stops at
+        ``/``.
+        """
+        parent = [p for p in path.split("/")[:-1] if p]
+        on_drive = bool(parent) and parent[0] in self._drives
+        text = target.replace("\\", "/")
+        drive = re.match(r"^/*(?:\?\?/|\./)?([A-Za-z]):(/|$)", text)
+        if drive is not None:
+            # A drive the restore point lacks gives a dangling link, still inside the folder.
+            base, on_drive = [drive.group(1).upper()], True
+            text = text[drive.end() :]
+        elif text.startswith("/"):
+            # Absolute without a drive: the link's own drive, or the Linux tree's root.
+            base = parent[:1] if on_drive else []
+        else:
+            base = parent
+        floor = 1 if on_drive else 0  # ".." stops at the drive's root, as on the guest
+        resolved = list(base)
+        for part in text.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if len(resolved) > floor:
+                    resolved.pop()
+                continue
+            resolved.append(part)
+        common = 0
+        while common < min(len(parent), len(resolved)) and parent[common] == resolved[common]:
+            common += 1
+        relative = "/".join([".."] * (len(parent) - common) + resolved[common:])
+        return relative or "."
 
     def open(self, path: str, flags: int) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):

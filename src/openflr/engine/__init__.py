@@ -63,8 +63,9 @@ def open_restore_point(source: VbkSource | ImageSource) -> OpenedRestorePoint:
             message names the file and the cause.
     """
     started = time.monotonic()
+    accounts: dict[str, str] = {}
     if isinstance(source, VbkSource):
-        disks, close = open_vbk_disks(source.path, source.folder)
+        disks, close, accounts = open_vbk_disks(source.path, source.folder)
     else:
         disks, close = open_image_disks(list(source.paths))
 
@@ -78,7 +79,7 @@ def open_restore_point(source: VbkSource | ImageSource) -> OpenedRestorePoint:
         detail = "; ".join(skipped) if skipped else "no partition holds a known file system"
         raise BackupError(f"no readable file system on the disks ({detail})")
 
-    files = GuestFileSystem(volumes, close)
+    files = GuestFileSystem(volumes, close, accounts)
     log.debug(
         "opened %s in %.3f s: roots %s, skipped %s",
         source,

@@ -20,6 +20,7 @@ from lxml import etree
 
 from openflr.engine.containers import open_disk_image
 from openflr.engine.errors import BackupError, UnsupportedBackup
+from openflr.engine.owners import read_guest_members
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ __all__ = [
 DISK_IMAGE_SUFFIXES = (".raw", ".img", ".vhd", ".vhdx", ".vmdk", ".qcow2")
 
 # Files inside a VBK object folder that hold metadata, not disks.
+# GuestMembers.xml lists a machine's accounts: kilobytes; a bigger one is not read.
+_MAX_MEMBERS = 16 << 20
 _VBK_METADATA = re.compile(r"^(summary\.xml|.*\.xml|digest_.*|.*\.vmx|.*\.vmcx|.*\.nvram)$", re.I)
 
 
@@ -155,11 +158,14 @@ def _read_object(path: Path, folder: Any) -> VbkObject:
     )
 
 
-def open_vbk_disks(path: Path, folder: str) -> tuple[list[Disk], Callable[[], None]]:
+def open_vbk_disks(
+    path: Path, folder: str
+) -> tuple[list[Disk], Callable[[], None], dict[str, str]]:
     """Open the disks of one machine inside a Veeam backup file.
 
     Returns:
-        The disks and a function that closes the backup file.
+        The disks, a function that closes the backup file, and the guest's accounts
+        (``DOMAIN\\name`` by SID) that Veeam recorded in ``GuestMembers.xml``, if any.
     """
     vbk = _open_vbk(path)
     try:
@@ -167,6 +173,10 @@ def open_vbk_disks(path: Path, folder: str) -> tuple[list[Disk], Callable[[], No
             if obj.folder == folder and obj.unsupported:
                 raise UnsupportedBackup(obj.unsupported)
         items = vbk.get("/").listdir()[folder].listdir()
+        accounts: dict[str, str] = {}
+        members = items.get("GuestMembers.xml")
+        if members is not None and not members.is_dir() and members.size <= _MAX_MEMBERS:
+            accounts = read_guest_members(members.open().read())
         disks = []
         for name in sorted(items):
             item = items[name]
@@ -179,7 +189,7 @@ def open_vbk_disks(path: Path, folder: str) -> tuple[list[Disk], Callable[[], No
     if not disks:
         vbk.fh.close()
         raise BackupError(f"{path.name}: no disk found for {folder!r}")
-    return disks, vbk.fh.close
+    return disks, vbk.fh.close, accounts
 
 
 def _close_files(root: object, depth: int = 8) -> None:

@@ -27,6 +27,7 @@ from openflr.engine.errors import (
 )
 from openflr.engine.ext import ExtNode, list_ext_folder, open_ext_file
 from openflr.engine.letters import registry_letters
+from openflr.engine.owners import WindowsAccounts, ntfs_security_ids
 from openflr.engine.volumes import Volume, find_volumes
 
 log = logging.getLogger(__name__)
@@ -96,14 +97,23 @@ class GuestFileSystem:
     Args:
         volumes: The file systems found on the disks.
         close: Called once by :meth:`close` to release the backup files.
+        accounts: The guest's account names by SID, as the backup recorded them.
     """
 
-    def __init__(self, volumes: list[Volume], close: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        volumes: list[Volume],
+        close: Callable[[], None],
+        accounts: dict[str, str] | None = None,
+    ) -> None:
         self.lock = threading.RLock()
         self._close = close
         self._closed = False
         self.roots = _arrange(volumes)
         self._users = _guest_users(self.roots)
+        self._accounts = WindowsAccounts(accounts)
+        self._accounts_read = False  # the SAM hive is read at the first NTFS owner asked for
+        self._ntfs_owners: dict[tuple[int, int], str | None] = {}
         self._listings: OrderedDict[str, _Listing] = OrderedDict()
         self._listed_entries = 0
 
@@ -149,8 +159,11 @@ class GuestFileSystem:
         volume, _ = _volume_for(root, parts)
         with self.lock, _damage_reported(guest_path):
             entry = self._entry_at(root, parts, guest_path)
-            st = entry.lstat()
-            return _to_entry(guest_path, parts[-1], st, volume.fs_type, self._owner(volume, st))
+            st = self._lstat(entry, guest_path)
+            owner = self._owner(volume, st)
+            if volume.fs_type == "ntfs":
+                owner = self._ntfs_owners_of(volume, [st.st_ino]).get(st.st_ino)
+            return _to_entry(guest_path, parts[-1], st, volume.fs_type, owner)
 
     def child(self, folder: str, name: str) -> GuestEntry:
         """Return the entry named exactly ``name`` in a folder, answered from its listing.
@@ -217,8 +230,10 @@ class GuestFileSystem:
             if fh is not None:
                 return GuestFileStream(fh, self.lock, guest_path)
             entry = self._entry_at(root, parts, guest_path)
-            if stat_module.S_ISDIR(entry.lstat().st_mode):
+            if stat_module.S_ISDIR(self._lstat(entry, guest_path).st_mode):
                 raise IsAFolder(guest_path)
+            if _volume_for(root, parts)[0].fs_type == "ntfs":
+                _check_ntfs_data(entry.entry, guest_path)
             try:
                 fh = entry.open()
             except (FileNotFoundError, NotADirectoryError) as exc:
@@ -317,6 +332,13 @@ class GuestFileSystem:
                     log.debug("%r: open through its listing failed (%s)", guest_path, exc)
         return self._fs_entry(volume, inner, guest_path)
 
+    @staticmethod
+    def _lstat(entry: Any, guest_path: str) -> Any:
+        try:
+            return entry.lstat()
+        except FileNotFoundError as exc:
+            raise GuestPathNotFound(guest_path) from exc  # an alternate stream it does not have
+
     def _open_listed(self, root: _Root, parts: list[str]) -> Any:
         """Open a file its folder's listing names as a file, without a lookup or stat; or None."""
         parent = self._listings.get(_join(root.name, parts[:-1]))
@@ -329,10 +351,17 @@ class GuestFileSystem:
 
     def _fs_entry(self, volume: Volume, inner: list[str], guest_path: str) -> Any:
         if volume.fs_type in _WINDOWS_FS and any(":" in part for part in inner):
-            # No Windows file name holds a colon; "name:stream" asks for an alternate data
-            # stream, which is not a file of its own here.
-            # TODO: serve alternate data streams (a download holds the main stream only).
-            raise GuestPathNotFound(guest_path)
+            # No Windows file name holds a colon: "name:stream" names an alternate data stream
+            # of a file, which only NTFS has, and only as the last part of a path.
+            if volume.fs_type != "ntfs" or any(":" in part for part in inner[:-1]):
+                raise GuestPathNotFound(guest_path)
+            name, _, stream = inner[-1].partition(":")
+            if not name or not stream or ":" in stream:
+                raise GuestPathNotFound(guest_path)
+            found = self._fs_entry(volume, [*inner[:-1], name], guest_path)
+            if found.is_dir():
+                raise GuestPathNotFound(guest_path)  # a folder's streams are not served
+            return volume.fs.get("/" + "/".join(inner))
         if volume.fs_type == "ntfs" and len(inner) == 1 and inner[0] in _NTFS_METAFILES:
             raise GuestPathNotFound(guest_path)  # hidden from listings, so not reachable either
         fs_path = "/" + "/".join(inner)
@@ -379,18 +408,24 @@ class GuestFileSystem:
             seen.update(nodes)
         else:
             hide_metafiles = volume.fs_type == "ntfs" and not inner
+            stats: list[tuple[str, Any, Any]] = []
             for child in entry.scandir():
                 name = child.name
                 if name in (".", "..") or (hide_metafiles and name in _NTFS_METAFILES):
                     continue
-                child_path = prefix + name
                 try:
-                    st = child.stat(follow_symlinks=False)
-                    owner = self._owner(volume, st)
-                    item = _to_entry(child_path, name, st, volume.fs_type, owner)
+                    stats.append((name, child, child.stat(follow_symlinks=False)))
                 except Exception as exc:
-                    log.warning("%s: cannot read entry: %s", child_path, exc)
-                    continue
+                    log.warning("%s: cannot read entry: %s", prefix + name, exc)
+            ntfs_owners: dict[int, str | None] = {}
+            if volume.fs_type == "ntfs":
+                ntfs_owners = self._ntfs_owners_of(volume, [st.st_ino for _, _, st in stats])
+            for name, child, st in stats:
+                if volume.fs_type == "ntfs":
+                    owner = ntfs_owners.get(st.st_ino)
+                else:
+                    owner = self._owner(volume, st)
+                item = _to_entry(prefix + name, name, st, volume.fs_type, owner)
                 seen.add(name)
                 nodes[name] = child
                 (folders if item.kind == "dir" else files).append(item)
@@ -419,13 +454,44 @@ class GuestFileSystem:
                 nodes.pop(mount_parts[-1], None)
         return _Listing(entries, {e.name: e for e in entries}, nodes, entry)
 
+    def _ntfs_owners_of(self, volume: Volume, segments: list[int]) -> dict[int, str | None]:
+        """The owners of NTFS files by MFT record number, named as the guest names them.
+
+        A volume has few security descriptors and many files: each descriptor's owner is looked
+        up once. A file whose descriptor cannot be read has no owner rather than no listing.
+        """
+        ntfs = volume.fs.ntfs
+        if not self._accounts_read:
+            self._accounts_read = True
+            for root in self.roots.values():
+                system = root.mounts.get(())
+                if system is not None and system.fs_type == "ntfs":
+                    if _has_folder(system, "/Windows/System32/config"):
+                        self._accounts.add_sam(system)
+        try:
+            security_ids = ntfs_security_ids(ntfs, segments)
+        except Exception as exc:
+            log.warning("%s: cannot read security ids: %s", volume.name, exc)
+            return {}
+        owners: dict[int, str | None] = {}
+        for segment, security_id in security_ids.items():
+            key = (id(volume), security_id)
+            if key not in self._ntfs_owners:
+                try:
+                    sid = ntfs.secure.lookup(security_id).owner if ntfs.secure else None
+                except Exception as exc:
+                    log.debug("%s: security id %d: %s", volume.name, security_id, exc)
+                    sid = None
+                self._ntfs_owners[key] = self._accounts.name(sid) if sid else None
+            owners[segment] = self._ntfs_owners[key]
+        return owners
+
     def _owner(self, volume: Volume, st: Any) -> str | None:
         """The owner's user name from the guest's ``/etc/passwd``, else the numeric user id.
 
-        Only Linux file systems keep an owner this way; NTFS owners are security descriptors.
+        Only Linux file systems keep an owner this way; NTFS owners are security descriptors
+        (see :meth:`_ntfs_owners_of`).
         """
-        # TODO: NTFS owners: resolve the owner SID of $Secure to an account name (needs the
-        # guest's SAM or well-known SIDs); until then NTFS entries carry no Owner.
         uid = getattr(st, "st_uid", None)
         if volume.fs_type not in _LINUX_FS or uid is None:
             return None
@@ -437,6 +503,38 @@ class GuestFileSystem:
         while self._listed_entries > _LISTING_CACHE_ENTRIES and len(self._listings) > 1:
             _, dropped = self._listings.popitem(last=False)
             self._listed_entries -= len(dropped.entries)
+
+
+# Reparse tags of NTFS files whose data is not in their unnamed data stream: reading that
+# stream would give zeros (or nothing) where the file has data.
+_DATA_ELSEWHERE = {
+    0x80000013: "its data is in the chunk store of Windows Server data deduplication",
+    0x80000017: "it is compressed by the Windows Overlay Filter (compact /exe)",
+    0xC0000004: "its data was moved to other storage by a hierarchical storage manager",
+    0x80000006: "its data was moved to other storage by a hierarchical storage manager",
+    0x80000007: "it is a Single Instance Storage link into the SIS common store",
+}
+_CLOUD_FILES = 0x9000001A  # OneDrive and other cloud placeholders: 0x9000x01A
+
+
+def _check_ntfs_data(record: Any, guest_path: str) -> None:
+    """Refuse an NTFS file whose data another component of Windows keeps elsewhere.
+
+    Raises:
+        GuestFileUnreadable: the file's reparse tag says its data is not on this volume as
+            plain or NTFS-compressed data (deduplication, WOF, HSM, cloud placeholders).
+    """
+    try:
+        if not record.is_reparse_point():
+            return
+        tag = int(record.attributes.REPARSE_POINT.tag)
+    except Exception:
+        return  # no readable reparse point: the data stream is all there is
+    why = _DATA_ELSEWHERE.get(tag)
+    if why is None and tag & 0xFFFF0FFF == _CLOUD_FILES:
+        why = "it is a cloud files placeholder (OneDrive); its data was not on the disk"
+    if why is not None:
+        raise GuestFileUnreadable(guest_path, f"{why} (reparse tag {tag:#010x}); not read")
 
 
 @contextmanager
