@@ -385,3 +385,32 @@ def test_without_fuse_the_api_works_and_the_task_says_no_folder(
 )
 def test_machine_names_become_safe_folder_names(machine: str, folder: str) -> None:
     assert folder_name(machine) == folder
+
+
+def test_links_in_the_folder_never_lead_out_of_it(fuse_ok: None, tmp_path: Path) -> None:
+    """Absolute link targets (a junction's ``C:\\target``, an NTFS symbolic link's
+    ``/Windows/System32``) point into the mount's own folder, as the guest resolved them, never
+    at the server's own files; a junction is followed by the kernel like any symbolic link."""
+    missing = images.ntfs3g_missing()
+    if missing is not None:
+        pytest.skip(f"the ntfsrich point needs ntfs-3g through FUSE: {missing}")
+    repo = tmp_path / "repo"
+    images.build_ntfs_rich_point(repo)
+    images.build_ntfs_features_point(repo)
+    srv = Server(tmp_path / "data", [repo], "--flr-root", str(tmp_path / "flr")).start()
+    try:
+        client = EmClient(srv.base)
+        client.logon(USER, PASSWORD)
+        rich = folder_of(mount_point(client, "ntfsrich@")[1])
+        assert os.readlink(rich / "C/links/junction") == "../target"
+        assert os.readlink(rich / "C/links/loop") == "."
+        assert cat(rich / "C/links/junction/inside.txt") == b"Inside the junction's target.\n"
+        features = folder_of(mount_point(client, "ntfsfeatures@")[1])
+        assert os.readlink(features / "C/links/to-hello") == "../hello.txt"
+        assert os.readlink(features / "C/links/absolute") == "../Windows/System32"
+        for folder in (rich, features):
+            for link_path in folder.glob("C/links/*"):
+                assert Path(os.path.realpath(link_path)).is_relative_to(folder), link_path
+        client.logoff()
+    finally:
+        srv.stop()
