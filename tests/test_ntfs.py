@@ -44,6 +44,7 @@ def ntfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     images.build_ntfs_points(repo)
     if images.ntfs3g_missing() is None:
         images.build_ntfs_rich_point(repo)
+        images.build_ntfs_fragmented_mft_point(repo)
     srv = Server(tmp_path_factory.mktemp("ntfs-data"), [repo]).start()
     yield srv
     srv.stop()
@@ -232,3 +233,19 @@ def test_every_alternate_stream_downloads_by_name(client: EmClient, rich: dict) 
         url = f"{rich['Href']}/C:/streams.txt:{stream}?action=download"
         assert client.request("GET", url).content == text.encode()
     assert download(client, rich, "C:/streams.txt") == images.NTFS_STREAM_TEXT.encode()
+
+
+def test_every_file_of_a_volume_whose_mft_is_in_pieces_lists_and_reads(client: EmClient) -> None:
+    """V16: the ``$MFT`` needs an attribute list; all files list, and the folder's zip holds
+    each one's bytes."""
+    missing = images.ntfs3g_missing()
+    if missing is not None:
+        pytest.skip(f"the ntfsfragmft point needs ntfs-3g through FUSE: {missing}")
+    frag = mount_point(client, "ntfsfragmft")
+    folder = walk_to(client, frag, "C:/many")
+    expected = {
+        f"f{n}.txt": images.fragmented_mft_text(n) for n in range(images.FRAGMENTED_MFT_FILES)
+    }
+    assert {e["Name"] for e in client.list_all(folder)} == set(expected)
+    archive = zipfile.ZipFile(io.BytesIO(client.restore_for_download(folder).content))
+    assert {name: archive.read(name).decode() for name in archive.namelist()} == expected
