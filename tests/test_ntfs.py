@@ -249,3 +249,24 @@ def test_every_file_of_a_volume_whose_mft_is_in_pieces_lists_and_reads(client: E
     assert {e["Name"] for e in client.list_all(folder)} == set(expected)
     archive = zipfile.ZipFile(io.BytesIO(client.restore_for_download(folder).content))
     assert {name: archive.read(name).decode() for name in archive.namelist()} == expected
+
+
+@pytest.mark.parametrize("name", sorted(images.RICH_WOF))
+def test_wof_compressed_file_downloads_byte_exact(client: EmClient, rich: dict, name: str) -> None:
+    """V10: XPRESS4K, 8K and 16K (``compact /exe``): whole, and a range across chunks."""
+    content = images.rich_wof_content()
+    entry = walk_to(client, rich, f"C:/wof/{name}")
+    assert int(entry["Size"]) == len(content)
+    assert client.restore_for_download(entry).content == content
+    url = f"{rich['Href']}/C:/wof/{name}?action=download"
+    part = client.http.get(url, headers={**client._headers(), "Range": "bytes=70000-110000"})
+    assert part.status_code == 206
+    assert part.content == content[70000:110001]
+
+
+def test_wof_file_compressed_with_lzx_is_a_clear_error(client: EmClient, rich: dict) -> None:
+    url = f"{rich['Href']}/C:/wof/{images.RICH_WOF_LZX}?action=download"
+    with pytest.raises(ApiFailure) as refused:
+        client.request("GET", url)
+    assert refused.value.response.status_code == 500
+    assert "LZX" in refused.value.response.json()["Message"]

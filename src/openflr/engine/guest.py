@@ -29,6 +29,7 @@ from openflr.engine.ext import ExtNode, list_ext_folder, open_ext_file
 from openflr.engine.letters import registry_letters
 from openflr.engine.owners import WindowsAccounts, ntfs_security_ids
 from openflr.engine.volumes import Volume, find_volumes
+from openflr.engine.wof import WOF_TAG, WofStream, open_wof
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,9 @@ class GuestFileSystem:
             entry = self._entry_at(root, parts, guest_path)
             if stat_module.S_ISDIR(self._lstat(entry, guest_path).st_mode):
                 raise IsAFolder(guest_path)
-            if _volume_for(root, parts)[0].fs_type == "ntfs":
+            if _volume_for(root, parts)[0].fs_type == "ntfs" and not entry.ads:
+                if _reparse_tag(entry.entry) == WOF_TAG:
+                    return GuestFileStream(open_wof(entry.entry, guest_path), self.lock, guest_path)
                 _check_ntfs_data(entry.entry, guest_path)
             try:
                 fh = entry.open()
@@ -509,7 +512,6 @@ class GuestFileSystem:
 # stream would give zeros (or nothing) where the file has data.
 _DATA_ELSEWHERE = {
     0x80000013: "its data is in the chunk store of Windows Server data deduplication",
-    0x80000017: "it is compressed by the Windows Overlay Filter (compact /exe)",
     0xC0000004: "its data was moved to other storage by a hierarchical storage manager",
     0x80000006: "its data was moved to other storage by a hierarchical storage manager",
     0x80000007: "it is a Single Instance Storage link into the SIS common store",
@@ -517,19 +519,27 @@ _DATA_ELSEWHERE = {
 _CLOUD_FILES = 0x9000001A  # OneDrive and other cloud placeholders: 0x9000x01A
 
 
+def _reparse_tag(record: Any) -> int | None:
+    """An NTFS file's reparse tag, or None (no reparse point, or none readable)."""
+    try:
+        if not record.is_reparse_point():
+            return None
+        return int(record.attributes.REPARSE_POINT.tag)
+    except Exception:
+        return None
+
+
 def _check_ntfs_data(record: Any, guest_path: str) -> None:
     """Refuse an NTFS file whose data another component of Windows keeps elsewhere.
 
     Raises:
         GuestFileUnreadable: the file's reparse tag says its data is not on this volume as
-            plain or NTFS-compressed data (deduplication, WOF, HSM, cloud placeholders).
+            plain, NTFS-compressed or WOF-compressed data (deduplication, HSM, cloud
+            placeholders).
     """
-    try:
-        if not record.is_reparse_point():
-            return
-        tag = int(record.attributes.REPARSE_POINT.tag)
-    except Exception:
-        return  # no readable reparse point: the data stream is all there is
+    tag = _reparse_tag(record)
+    if tag is None:
+        return
     why = _DATA_ELSEWHERE.get(tag)
     if why is None and tag & 0xFFFF0FFF == _CLOUD_FILES:
         why = "it is a cloud files placeholder (OneDrive); its data was not on the disk"
@@ -554,7 +564,7 @@ def _damage_reported(guest_path: str) -> Iterator[None]:
 class GuestFileStream:
     """A guest file stream whose every read holds the restore point's lock."""
 
-    def __init__(self, fh: BinaryIO, lock: threading.RLock, guest_path: str) -> None:
+    def __init__(self, fh: BinaryIO | WofStream, lock: threading.RLock, guest_path: str) -> None:
         self._fh = fh
         self._lock = lock
         self._pos = 0
