@@ -238,6 +238,26 @@ def test_encrypted_and_damaged_volumes_are_named_in_the_mount_message(client: Em
     assert download(client, broken, "/hello.txt") == HELLO
 
 
+def test_dynamic_disk_partitions_are_named_with_the_reason(client: EmClient) -> None:
+    """Windows dynamic disks (LDM): the basic volume beside them mounts; each LDM data
+    partition is named in the message; the LDM metadata partition holds no files."""
+    point = client.restore_point("dynamicbox@")
+    create = next(lk["Href"] for lk in point["Links"] if lk["Type"] == "AgentRestorePointMount")
+    task = client.wait(client.parse(client.request("POST", create, 202)))
+    assert task["Result"]["Success"] is True
+    message = task["Result"]["Message"]
+    reason = (
+        "Windows dynamic disk (LDM); openflr does not read dynamic volumes "
+        "(dissect.volume's LDM support has no reader yet)"
+    )
+    assert message[message.index("volumes not mounted: ") :] == (
+        f"volumes not mounted: disk0.vhdx partition 2: {reason}; disk1.vhdx partition 2: {reason}"
+    )
+    dynamic = client.get(next(lk["Href"] for lk in task["Links"] if lk["Rel"] == "Related"))
+    assert [r["Path"] for r in dynamic["FSRoots"]] == ["C:"]
+    assert download(client, dynamic, "C:/hello.txt") == HELLO
+
+
 def test_ntfs_entry_whose_security_data_names_no_owner_carries_none(server: Server) -> None:
     """wimlib applies these files without security descriptors (``--no-acls``): no owner SID,
     so no Owner, rather than a made-up one (owners by name: test_ntfs)."""

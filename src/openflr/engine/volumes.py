@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Volume", "find_volumes"]
 
+# Windows dynamic disks (LDM): the MBR type of the one partition that covers such a disk, and
+# the GPT type of its data partition; its metadata partition holds no files.
+_LDM_MBR = 0x42
+_LDM_DATA_GPT = "af9b60a0-1431-4f62-bc68-3311714a69ad"
+_LDM_METADATA_GPT = "5808c8aa-7e8f-42e0-85d2-e1e90434cfb3"
 # GPT partition types that hold no guest files a user restores.
 _EFI_SYSTEM = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 _NO_FILES_GPT = frozenset(
@@ -31,9 +36,14 @@ _NO_FILES_GPT = frozenset(
         "21686148-6449-6e6f-744e-656564454649",  # BIOS boot (GRUB's core image)
         "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f",  # Linux swap
         "e3c9e316-0b5c-4db8-817d-f92df00215ae",  # Microsoft reserved
+        _LDM_METADATA_GPT,
     }
 )
 _NO_FILES_MBR = frozenset({0x82})  # Linux swap
+_LDM_REASON = (
+    "Windows dynamic disk (LDM); openflr does not read dynamic volumes (dissect.volume's LDM "
+    "support has no reader yet)"
+)
 
 # How far into a volume to look for data before calling it empty rather than unreadable.
 _EMPTY_PROBE = 1 << 20
@@ -88,6 +98,9 @@ def find_volumes(disks: list[Disk]) -> tuple[list[Volume], list[str]]:
                 volumes.append(_describe(name, fs, part, signature))
             elif _is_lvm_physical_volume(stream):
                 physical_volumes.append((name, stream))
+            elif _is_ldm(part):
+                # TODO: read the LDM database and its simple, spanned and striped volumes.
+                skipped.append(f"{name}: {_LDM_REASON}")
             elif reason is not None:
                 skipped.append(f"{name}: {reason}")
 
@@ -137,6 +150,13 @@ def _partition_stream(disk: Disk, part: Any) -> BinaryIO:
     sector_size = int(getattr(part.raw.disk, "sector_size", 512))
     size = (last - first + 1) * sector_size
     return RangeStream(disk.stream, first * sector_size, size)  # type: ignore[no-any-return]
+
+
+def _is_ldm(part: Any) -> bool:
+    kind = getattr(part, "type", None) if part is not None else None
+    if isinstance(kind, int):
+        return kind == _LDM_MBR
+    return str(kind or "").lower() == _LDM_DATA_GPT
 
 
 def _holds_no_files(part: Any) -> bool:
