@@ -238,6 +238,21 @@ def test_encrypted_and_damaged_volumes_are_named_in_the_mount_message(client: Em
     assert download(client, broken, "/hello.txt") == HELLO
 
 
+def test_ext4_inline_data_files_and_folders_read_byte_exact(client: EmClient) -> None:
+    """Files up to 60 bytes live in the inode's ``i_block``, bigger ones go on in the
+    ``system.data`` attribute (dissect.extfs read only the first 60 bytes); a folder of two
+    entries lives in its inode (dissect.extfs listed it as garbage), reached by path too."""
+    point = client.mount(client.restore_point("extinline@"))
+    for name, count in images.INLINE_FOLDERS.items():
+        # By path first, before any listing of the folder could answer the lookup.
+        url = f"{point['Href']}/{name}/entry-01.txt?action=download"
+        assert client.request("GET", url).content == f"{name} 1\n".encode()
+        listed = names(client, point, f"/{name}")
+        assert listed == [f"entry-{i:02d}.txt" for i in range(count)]
+    for size in images.INLINE_SIZES:
+        assert download(client, point, f"/f{size}.txt") == images.inline_file_bytes(size), size
+
+
 def test_dynamic_disk_partitions_are_named_with_the_reason(client: EmClient) -> None:
     """Windows dynamic disks (LDM): the basic volume beside them mounts; each LDM data
     partition is named in the message; the LDM metadata partition holds no files."""

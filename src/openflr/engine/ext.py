@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
+import stat
 import struct
 from typing import Any
 
@@ -77,8 +78,11 @@ def list_ext_folder(folder: Any) -> list[ExtChild] | None:
         inode = folder.entry
         if extfs._dirtype is not c_ext.ext2_dir_entry_2:
             return None  # no file type in the entries: an old ext2 without that feature
-        if inode.inode.i_flags & (_INLINE_DATA_FL | _ENCRYPT_FL):
+        if inode.inode.i_flags & _ENCRYPT_FL:
             return None
+        if inode.inode.i_flags & _INLINE_DATA_FL:
+            names = _inline_entries(inline_data(inode)[4:], extfs.sb.s_inodes_count)
+            return None if names is None else _read_inodes(extfs, names)
         names = _read_entries(inode.open(), inode.size, extfs.block_size, extfs.sb.s_inodes_count)
         if names is None:
             return None
@@ -114,6 +118,47 @@ def _read_entries(
                     if name != "." and name != "..":
                         found.append((name, inum))
                 offset += rec_len
+    return found
+
+
+def inline_data(inode: Any) -> bytes:
+    """The data of an inode with ext4's ``inline_data`` flag (a dissect.extfs ``INode``).
+
+    The first 60 bytes live in ``i_block``, the rest in the inode's ``system.data`` extended
+    attribute; dissect.extfs reads only the first part.
+    """
+    head = bytes(inode.inode.i_block)
+    rest = b""
+    for attribute in inode.xattr:
+        if attribute.name == "system.data":
+            rest = bytes(attribute.value)
+            break
+    data = head + rest
+    if inode.filetype != stat.S_IFDIR:
+        data = data[: inode.size]
+        if len(data) != inode.size:
+            raise EOFError(f"inline data ends {inode.size - len(data)} bytes early")
+    return data
+
+
+def _inline_entries(data: bytes, inodes_count: int) -> list[tuple[str, int]] | None:
+    """The entries of an inline folder: after its parent's inode number, entries like a block's
+    but without ``.`` and ``..``, the ``i_block`` part and the attribute part each on its own."""
+    found: list[tuple[str, int]] = []
+    for part in (data[:56], data[56:]):
+        offset = 0
+        while offset + 8 <= len(part):
+            inum, rec_len, name_len, _kind = _DIRENT.unpack_from(part, offset)
+            if rec_len < 8 or offset + rec_len > len(part) or 8 + name_len > rec_len:
+                return None
+            if 0 < inum < inodes_count:
+                found.append(
+                    (
+                        part[offset + 8 : offset + 8 + name_len].decode("utf-8", "surrogateescape"),
+                        inum,
+                    )
+                )
+            offset += rec_len
     return found
 
 

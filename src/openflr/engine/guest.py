@@ -7,6 +7,7 @@ own (``Volume2:``). Guest paths use forward slashes: ``C:/Users/notes.txt``, ``/
 
 from __future__ import annotations
 
+import io
 import logging
 import stat as stat_module
 import threading
@@ -25,7 +26,7 @@ from openflr.engine.errors import (
     IsAFolder,
     NotAFolder,
 )
-from openflr.engine.ext import ExtNode, list_ext_folder, open_ext_file
+from openflr.engine.ext import ExtNode, inline_data, list_ext_folder, open_ext_file
 from openflr.engine.letters import registry_letters
 from openflr.engine.owners import WindowsAccounts, ntfs_security_ids
 from openflr.engine.volumes import Volume, find_volumes
@@ -237,6 +238,8 @@ class GuestFileSystem:
                 if _reparse_tag(entry.entry) == WOF_TAG:
                     return GuestFileStream(open_wof(entry.entry, guest_path), self.lock, guest_path)
                 _check_ntfs_data(entry.entry, guest_path)
+            if _is_inline_file(entry):
+                return GuestFileStream(io.BytesIO(inline_data(entry.entry)), self.lock, guest_path)
             try:
                 fh = entry.open()
             except (FileNotFoundError, NotADirectoryError) as exc:
@@ -333,7 +336,17 @@ class GuestFileSystem:
                     return node.get()
                 except Exception as exc:
                     log.debug("%r: open through its listing failed (%s)", guest_path, exc)
-        return self._fs_entry(volume, inner, guest_path)
+        try:
+            return self._fs_entry(volume, inner, guest_path)
+        except GuestPathNotFound:
+            if not inner or not _has_inline_folders(volume):
+                raise
+        # dissect.extfs cannot look names up in inline folders: go through the listings.
+        parent = self._listing(_join(root.name, parts[:-1]))
+        node = parent.nodes.get(parts[-1])
+        if not isinstance(node, int):
+            raise GuestPathNotFound(guest_path)
+        return ExtNode(parent.folder, parts[-1], node).get()
 
     @staticmethod
     def _lstat(entry: Any, guest_path: str) -> Any:
@@ -517,6 +530,30 @@ _DATA_ELSEWHERE = {
     0x80000007: "it is a Single Instance Storage link into the SIS common store",
 }
 _CLOUD_FILES = 0x9000001A  # OneDrive and other cloud placeholders: 0x9000x01A
+
+
+_EXT_INLINE_DATA = 0x8000  # EXT4_FEATURE_INCOMPAT_INLINE_DATA
+_EXT_INLINE_DATA_FL = 0x10000000
+
+
+def _has_inline_folders(volume: Volume) -> bool:
+    """An ext volume made with ``inline_data``: small folders keep their entries in the inode."""
+    if volume.fs_type != "ext":
+        return False
+    try:
+        return bool(volume.fs.extfs.sb.s_feature_incompat & _EXT_INLINE_DATA)
+    except Exception:
+        return False
+
+
+def _is_inline_file(entry: Any) -> bool:
+    inode: Any = getattr(entry, "entry", None)
+    try:
+        return type(entry).__name__ == "ExtFilesystemEntry" and bool(
+            inode.inode.i_flags & _EXT_INLINE_DATA_FL
+        )
+    except Exception:
+        return False
 
 
 def _reparse_tag(record: Any) -> int | None:
