@@ -253,6 +253,26 @@ def test_ext4_inline_data_files_and_folders_read_byte_exact(client: EmClient) ->
         assert download(client, point, f"/f{size}.txt") == images.inline_file_bytes(size), size
 
 
+def test_btrfs_subvolumes_make_the_tree_the_guest_mounted(client: EmClient) -> None:
+    """Ubuntu's layout: fstab mounts subvolume ``@`` at ``/``, ``@home`` at ``/home`` (by
+    path) and ``@srv`` at ``/srv`` (by id); a nested subvolume shows in place; the file
+    system's top level, which nobody mounted, is a root of its own, with the snapshot."""
+    missing = images.loop_mount_missing()
+    if missing is not None:
+        pytest.skip(f"the btrfssubvol point is made through a loop mount: {missing}")
+    point = client.mount(client.restore_point("btrfssubvol@"))
+    assert [r["Path"] for r in point["FSRoots"]] == ["/", "Volume1:"]
+    assert names(client, point, "/") == ["etc", "home", "srv", "var"]
+    assert download(client, point, "/etc/hostname") == b"ubuntu-btrfs\n"
+    assert download(client, point, "/home/user/notes.txt") == images.BTRFS_NOTES_NOW.encode()
+    assert download(client, point, "/srv/site/index.html") == b"<p>served from @srv</p>\n"
+    nested = download(client, point, "/var/lib/machines/machine.txt")
+    assert nested == b"in a nested subvolume\n"
+    assert names(client, point, "Volume1:") == ["@", "@home", "@home-snap", "@srv"]
+    before = download(client, point, "Volume1:/@home-snap/user/notes.txt")
+    assert before == images.BTRFS_NOTES_BEFORE.encode()
+
+
 def test_dynamic_disk_partitions_are_named_with_the_reason(client: EmClient) -> None:
     """Windows dynamic disks (LDM): the basic volume beside them mounts; each LDM data
     partition is named in the message; the LDM metadata partition holds no files."""

@@ -7,6 +7,7 @@ own (``Volume2:``). Guest paths use forward slashes: ``C:/Users/notes.txt``, ``/
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import stat as stat_module
@@ -766,22 +767,112 @@ def _has_folder(volume: Volume, path: str) -> bool:
 
 
 def _linux_tree(linux: list[Volume]) -> dict[tuple[str, ...], Volume]:
-    """Assemble the Linux file systems into one tree as the guest's ``/etc/fstab`` says."""
+    """Assemble the Linux file systems into one tree as the guest's ``/etc/fstab`` says.
+
+    Btrfs file systems mount subvolumes (``subvol=@`` at ``/`` and ``subvol=@home`` at
+    ``/home`` on Ubuntu): each becomes a volume of its own, and the root's ``/etc/fstab`` may be
+    in one of them rather than at the top of the file system.
+    """
     if not linux:
         return {}
-    root = next((v for v in linux if _has_fstab(v)), None)
+    made: dict[tuple[int, int], Volume] = {}  # subvolume volumes, one per subvolume
+    root = next((v for v in linux if _has_fstab(v)), None) or _btrfs_root(linux, made)
     if root is None:
         return {(): linux[0]} if len(linux) == 1 else {}
 
     tree: dict[tuple[str, ...], Volume] = {(): root}
-    for spec, mount_point in _read_fstab(root):
+    for spec, mount_point, options in _read_fstab(root):
         volume = _match_fstab_spec(spec, linux)
+        if volume is not None and volume.fs_type == "btrfs":
+            volume = _btrfs_subvolume(volume, options, made)
         if volume is None or volume is root or mount_point == "/":
             continue
         parts = tuple(p for p in mount_point.split("/") if p)
         if parts and parts not in tree:
             tree[parts] = volume
     return tree
+
+
+_BTRFS_TOP_LEVEL = 5  # BTRFS_FS_TREE_OBJECTID
+
+
+def _btrfs_root(linux: list[Volume], made: dict[tuple[int, int], Volume]) -> Volume | None:
+    """The Btrfs subvolume holding the guest's root, found by the ``/etc/fstab`` inside it.
+
+    A subvolume whose fstab mounts that same subvolume at ``/`` wins over one that merely has an
+    fstab (a snapshot of the root has one too).
+    """
+    found: list[Volume] = []
+    for volume in linux:
+        if volume.fs_type != "btrfs":
+            continue
+        try:
+            subvolumes = list(volume.fs.btrfs.subvolumes())
+        except Exception as exc:
+            log.warning("%s: cannot list Btrfs subvolumes: %s", volume.name, exc)
+            continue
+        for subvolume in subvolumes:
+            candidate = _btrfs_subvolume_by_id(volume, int(subvolume.objectid), made)
+            if candidate is None or not _has_fstab(candidate):
+                continue
+            for spec, mount_point, options in _read_fstab(candidate):
+                if mount_point == "/" and _match_fstab_spec(spec, [volume]) is volume:
+                    if _btrfs_subvolume(volume, options, made) is candidate:
+                        return candidate
+            found.append(candidate)
+    return found[0] if found else None
+
+
+def _btrfs_subvolume(
+    volume: Volume, options: str, made: dict[tuple[int, int], Volume]
+) -> Volume | None:
+    """The subvolume a Btrfs mount's options name (``subvol=``, ``subvolid=``), else the
+    default one (the volume itself). ``made`` keeps the subvolume volumes made so far, by
+    (``id`` of the volume, subvolume id), so that each is one volume however often named."""
+    subvol: str | None = None
+    subvolid: int | None = None
+    for option in options.split(","):
+        key, _, value = option.partition("=")
+        if key == "subvol":
+            subvol = value.strip("/")
+        elif key == "subvolid" and value.isdigit():
+            subvolid = int(value)
+    if subvolid is None and subvol is None:
+        return volume
+    if subvolid is None:
+        if not subvol:
+            subvolid = _BTRFS_TOP_LEVEL
+        else:
+            try:
+                found = volume.fs.btrfs.find_subvolume(subvol)
+            except Exception as exc:
+                log.warning("%s: cannot look up subvolume %r: %s", volume.name, subvol, exc)
+                return None
+            if found is None:
+                log.warning("%s: fstab names subvolume %r, which is not there", volume.name, subvol)
+                return None
+            subvolid = int(found.objectid)
+    return _btrfs_subvolume_by_id(volume, subvolid, made)
+
+
+def _btrfs_subvolume_by_id(
+    volume: Volume, subvolid: int, made: dict[tuple[int, int], Volume]
+) -> Volume | None:
+    try:
+        if subvolid == int(volume.fs.subfs.subvolume.objectid):
+            return volume  # the default subvolume, which the volume shows already
+        key = (id(volume), subvolid)
+        cached = made.get(key)
+        if cached is None:
+            subfs = volume.fs.open_subvolume(subvolid=subvolid)
+            path = subfs.subvolume.path if subvolid != _BTRFS_TOP_LEVEL else "/"
+            cached = made[key] = dataclasses.replace(
+                volume, name=f"{volume.name} subvolume {path}", fs=subfs
+            )
+        return cached
+    except Exception as exc:
+        log.warning("%s: cannot open subvolume %d: %s", volume.name, subvolid, exc)
+        return None
 
 
 def _guest_users(roots: dict[str, _Root]) -> dict[int, str]:
@@ -810,7 +901,8 @@ def _has_fstab(volume: Volume) -> bool:
         return False
 
 
-def _read_fstab(volume: Volume) -> list[tuple[str, str]]:
+def _read_fstab(volume: Volume) -> list[tuple[str, str, str]]:
+    """The ``(spec, mount point, options)`` of each entry of a volume's ``/etc/fstab``."""
     try:
         text = volume.fs.get("/etc/fstab").open().read(1 << 20).decode("utf-8", "replace")
     except Exception as exc:
@@ -820,7 +912,8 @@ def _read_fstab(volume: Volume) -> list[tuple[str, str]]:
     for line in text.splitlines():
         fields = line.split("#", 1)[0].split()
         if len(fields) >= 2 and fields[1].startswith("/"):
-            entries.append((fields[0], fields[1].replace("\\040", " ")))
+            options = fields[3] if len(fields) >= 4 else ""
+            entries.append((fields[0], fields[1].replace("\\040", " "), options))
     return entries
 
 
