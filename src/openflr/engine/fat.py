@@ -86,3 +86,21 @@ class _GuestFatDirEntry(FatDirEntry):  # type: ignore[misc]
 
     def get(self) -> FatFilesystemEntry:
         return _GuestFatEntry(self.fs, self.path, self.entry)
+
+
+def open_exfat_file(entry: Any) -> Any:
+    """Open an exFAT file (a dissect.target ``ExfatFilesystemEntry``) with its data in place.
+
+    dissect.target 3.21 builds the file's run list in sectors but reads it in clusters, so every
+    file of more than a few bytes read back empty; here the runs are read in sectors.
+    """
+    from dissect.util.stream import RunlistStream
+
+    exfat = entry.fs.exfat
+    stream = entry.entry[0].stream
+    size = int(stream.data_length)
+    if stream.flags.not_fragmented:
+        runs = exfat.runlist(entry.cluster, True, size) if size else []
+    else:
+        runs = exfat.runlist(entry.cluster, False)
+    return RunlistStream(exfat.filesystem, runs, size, exfat.sector_size)

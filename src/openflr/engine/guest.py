@@ -28,6 +28,7 @@ from openflr.engine.errors import (
     NotAFolder,
 )
 from openflr.engine.ext import ExtNode, inline_data, list_ext_folder, open_ext_file
+from openflr.engine.fat import open_exfat_file
 from openflr.engine.letters import registry_letters
 from openflr.engine.owners import WindowsAccounts, ntfs_security_ids
 from openflr.engine.volumes import Volume, find_volumes
@@ -239,6 +240,8 @@ class GuestFileSystem:
                 if _reparse_tag(entry.entry) == WOF_TAG:
                     return GuestFileStream(open_wof(entry.entry, guest_path), self.lock, guest_path)
                 _check_ntfs_data(entry.entry, guest_path)
+            if _volume_for(root, parts)[0].fs_type == "exfat":
+                return GuestFileStream(open_exfat_file(entry), self.lock, guest_path)
             if _is_inline_file(entry):
                 return GuestFileStream(io.BytesIO(inline_data(entry.entry)), self.lock, guest_path)
             try:
