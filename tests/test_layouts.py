@@ -291,6 +291,18 @@ def test_exfat_with_files_reads_byte_exact(client: EmClient) -> None:
     assert hello["ModifiedDateUTC"] == "2019-05-06T07:08:10Z"
 
 
+def test_each_point_shows_its_own_lvm_layout(client: EmClient) -> None:
+    """V4: the LV grew between two points of one machine; mounted at once, each point reads
+    through its own metadata."""
+    first = client.mount(client.restore_point("lvmgrow@2026-11-29 22:00:00"))
+    second = client.mount(client.restore_point("lvmgrow@2026-11-30 22:00:00"))
+    assert names(client, first, "/") == ["first.txt", "lost+found"]
+    assert names(client, second, "/") == ["first.txt", "grown.bin", "lost+found"]
+    grown = download(client, second, "/grown.bin")
+    assert grown == random.Random(images.LVM_GROW_SEED).randbytes(images.LVM_GROW_SIZE)
+    assert download(client, first, "/first.txt") == b"in both points\n"
+
+
 def test_dynamic_disk_partitions_are_named_with_the_reason(client: EmClient) -> None:
     """Windows dynamic disks (LDM): the basic volume beside them mounts; each LDM data
     partition is named in the message; the LDM metadata partition holds no files."""
