@@ -303,6 +303,25 @@ def test_each_point_shows_its_own_lvm_layout(client: EmClient) -> None:
     assert download(client, first, "/first.txt") == b"in both points\n"
 
 
+def test_refs_and_bitlocker_volumes_are_named_and_the_ntfs_beside_them_mounts(
+    client: EmClient,
+) -> None:
+    """V11 and V12 (without a recovery password): the message names each volume and why."""
+    point = client.restore_point("refsbox@")
+    create = next(lk["Href"] for lk in point["Links"] if lk["Type"] == "AgentRestorePointMount")
+    task = client.wait(client.parse(client.request("POST", create, 202)))
+    assert task["Result"]["Success"] is True
+    message = task["Result"]["Message"]
+    assert message[message.index("volumes not mounted: ") :] == (
+        "volumes not mounted: "
+        "disk0.vhdx partition 2: ReFS volume; openflr cannot read ReFS; "
+        "disk0.vhdx partition 3: BitLocker-encrypted volume; openflr cannot decrypt it"
+    )
+    refs = client.get(next(lk["Href"] for lk in task["Links"] if lk["Rel"] == "Related"))
+    assert [r["Path"] for r in refs["FSRoots"]] == ["C:"]
+    assert download(client, refs, "C:/hello.txt") == HELLO
+
+
 def test_dynamic_disk_partitions_are_named_with_the_reason(client: EmClient) -> None:
     """Windows dynamic disks (LDM): the basic volume beside them mounts; each LDM data
     partition is named in the message; the LDM metadata partition holds no files."""
