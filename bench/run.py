@@ -524,6 +524,29 @@ def measure_zip(
     ))  # fmt: skip
 
 
+def sendfile_concurrency(work: Work, clients: int) -> dict[str, float]:
+    """The same measure on the bare sendfile server: what the machine itself allows.
+
+    The clients (curl) run on the same cores as the server, so this ratio is the ceiling any
+    server reaches here; openflr's is set beside it.
+    """
+    size = work.big_file.stat().st_size
+    with sendfile_server(work.big_file) as url:
+        one = size / curl(url)[1] / 1e6
+        started = time.perf_counter()
+        threads = [threading.Thread(target=curl, args=(url,)) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(DEADLINE)
+        total = clients * size / (time.perf_counter() - started) / 1e6
+    return {
+        "sendfile_one_mb_s": one,
+        "sendfile_parallel_mb_s": total,
+        "sendfile_ratio": total / one,
+    }
+
+
 def measure_concurrency(
     work: Work, api: str, pid: int, clients: int, single: float, results: list[Figure]
 ) -> None:
@@ -551,10 +574,11 @@ def measure_concurrency(
         if got != [size] * clients:
             raise RuntimeError(f"parallel downloads got {got}, not {clients} x {size}")
         total = clients * size / seconds / 1e6
+        transport = sendfile_concurrency(work, clients)
         results.append(ratio_figure(
             "concurrency", f"{clients} downloads, ext4 in QCOW2", total, single, "MB/s",
             "one download of the same file (download ratio)", ">= 1.5", total / single,
-            seconds=seconds, server_cores=server_cores, curl_cores=curl_cores,
+            seconds=seconds, server_cores=server_cores, curl_cores=curl_cores, **transport,
         ))  # fmt: skip
         client.unmount(mount)
     finally:
