@@ -270,3 +270,14 @@ def test_wof_file_compressed_with_lzx_is_a_clear_error(client: EmClient, rich: d
         client.request("GET", url)
     assert refused.value.response.status_code == 500
     assert "LZX" in refused.value.response.json()["Message"]
+
+
+def test_names_deleted_from_a_folder_are_not_listed(client: EmClient) -> None:
+    """A folder that shrank from 2,000 files to 3: the index buffers NTFS freed still hold the
+    deleted names (dissect.ntfs listed 109 of them); only the three files left are listed."""
+    missing = images.ntfs3g_missing()
+    if missing is not None:
+        pytest.skip(f"the ntfsfragmft point needs ntfs-3g through FUSE: {missing}")
+    frag = mount_point(client, "ntfsfragmft")
+    listed = client.list_all(walk_to(client, frag, "C:/shrunk"))
+    assert sorted(e["Name"] for e in listed) == list(images.SHRUNK_KEPT)

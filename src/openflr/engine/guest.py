@@ -30,6 +30,7 @@ from openflr.engine.errors import (
 from openflr.engine.ext import ExtNode, inline_data, list_ext_folder, open_ext_file
 from openflr.engine.fat import open_exfat_file
 from openflr.engine.letters import registry_letters
+from openflr.engine.ntfs_index import NtfsNode, list_ntfs_folder
 from openflr.engine.owners import WindowsAccounts, ntfs_security_ids
 from openflr.engine.volumes import Volume, find_volumes
 from openflr.engine.wof import WOF_TAG, WofStream, open_wof
@@ -426,7 +427,23 @@ class GuestFileSystem:
                     kind: EntryKind = "symlink" if stat_module.S_ISLNK(mode) else "file"
                     files.append(GuestEntry(prefix + name, name, kind, size, shown, owner))
             seen.update(nodes)
-        else:
+        ntfs_children = list_ntfs_folder(entry) if volume.fs_type == "ntfs" else None
+        if ntfs_children is not None:
+            hide = not inner
+            kept = [c for c in ntfs_children if not (hide and c.name in _NTFS_METAFILES)]
+            owners_by_segment = self._ntfs_owners_of(volume, [c.segment for c in kept])
+            for child in kept:
+                name = child.name
+                if name in nodes:
+                    continue  # one name twice in the index: never so in a sound volume
+                nodes[name] = NtfsNode(entry, name, child.segment)
+                shown = _guest_time(child.mtime, "ntfs")
+                owner = owners_by_segment.get(child.segment)
+                size = child.size if child.kind != "dir" else 0
+                item = GuestEntry(prefix + name, name, child.kind, size, shown, owner)  # type: ignore[arg-type]
+                (folders if child.kind == "dir" else files).append(item)
+            seen.update(nodes)
+        elif ext_children is None:
             hide_metafiles = volume.fs_type == "ntfs" and not inner
             stats: list[tuple[str, Any, Any]] = []
             for child in entry.scandir():
