@@ -215,18 +215,22 @@ def test_two_restore_points_whose_volume_groups_share_a_name_mount_at_once(
     assert download(client, xfs_root, "/home/user/hello.txt") == HELLO
 
 
-def test_encrypted_and_damaged_volumes_are_named_in_the_mount_message(client: EmClient) -> None:
-    point = client.restore_point("brokenbox@")
-    task = client.parse(
-        client.request("POST", next(
-            lk["Href"] for lk in point["Links"] if lk["Type"] == "AgentRestorePointMount"
-        ), 202)
-    )  # fmt: skip
-    task = client.wait(task)
+def mount_with_skips(client: EmClient, machine: str) -> tuple[str, dict[str, Any]]:
+    """Mount a machine's point; return what its task's message says was not mounted (from
+    ``volumes not mounted: ``) and the mount."""
+    point = client.restore_point(f"{machine}@")
+    create = next(lk["Href"] for lk in point["Links"] if lk["Type"] == "AgentRestorePointMount")
+    task = client.wait(client.parse(client.request("POST", create, 202)))
     assert task["Result"]["Success"] is True
     message = task["Result"]["Message"]
     assert message.startswith("Ok; ")  # then where the FLR folder is, or why there is none
-    assert message[message.index("volumes not mounted: ") :] == (
+    mount = client.get(next(lk["Href"] for lk in task["Links"] if lk["Rel"] == "Related"))
+    return message[message.index("volumes not mounted: ") :], mount
+
+
+def test_encrypted_and_damaged_volumes_are_named_in_the_mount_message(client: EmClient) -> None:
+    skipped, broken = mount_with_skips(client, "brokenbox")
+    assert skipped == (
         "volumes not mounted: "
         "disk0.img partition 2: LUKS-encrypted volume; openflr cannot decrypt it; "
         "disk0.img partition 3: no file system openflr can read "
@@ -234,7 +238,6 @@ def test_encrypted_and_damaged_volumes_are_named_in_the_mount_message(client: Em
         "disk0.img partition 4: damaged xfs file system "
         "(Not a valid XFS filesystem (invalid block size))"
     )
-    broken = client.get(next(lk["Href"] for lk in task["Links"] if lk["Rel"] == "Related"))
     assert [r["Path"] for r in broken["FSRoots"]] == ["/"]
     assert download(client, broken, "/hello.txt") == HELLO
 
@@ -307,17 +310,12 @@ def test_refs_and_bitlocker_volumes_are_named_and_the_ntfs_beside_them_mounts(
     client: EmClient,
 ) -> None:
     """V11 and V12 (without a recovery password): the message names each volume and why."""
-    point = client.restore_point("refsbox@")
-    create = next(lk["Href"] for lk in point["Links"] if lk["Type"] == "AgentRestorePointMount")
-    task = client.wait(client.parse(client.request("POST", create, 202)))
-    assert task["Result"]["Success"] is True
-    message = task["Result"]["Message"]
-    assert message[message.index("volumes not mounted: ") :] == (
+    skipped, refs = mount_with_skips(client, "refsbox")
+    assert skipped == (
         "volumes not mounted: "
         "disk0.vhdx partition 2: ReFS volume; openflr cannot read ReFS; "
         "disk0.vhdx partition 3: BitLocker-encrypted volume; openflr cannot decrypt it"
     )
-    refs = client.get(next(lk["Href"] for lk in task["Links"] if lk["Rel"] == "Related"))
     assert [r["Path"] for r in refs["FSRoots"]] == ["C:"]
     assert download(client, refs, "C:/hello.txt") == HELLO
 
@@ -325,19 +323,14 @@ def test_refs_and_bitlocker_volumes_are_named_and_the_ntfs_beside_them_mounts(
 def test_dynamic_disk_partitions_are_named_with_the_reason(client: EmClient) -> None:
     """Windows dynamic disks (LDM): the basic volume beside them mounts; each LDM data
     partition is named in the message; the LDM metadata partition holds no files."""
-    point = client.restore_point("dynamicbox@")
-    create = next(lk["Href"] for lk in point["Links"] if lk["Type"] == "AgentRestorePointMount")
-    task = client.wait(client.parse(client.request("POST", create, 202)))
-    assert task["Result"]["Success"] is True
-    message = task["Result"]["Message"]
+    skipped, dynamic = mount_with_skips(client, "dynamicbox")
     reason = (
         "Windows dynamic disk (LDM); openflr does not read dynamic volumes "
         "(dissect.volume's LDM support has no reader yet)"
     )
-    assert message[message.index("volumes not mounted: ") :] == (
+    assert skipped == (
         f"volumes not mounted: disk0.vhdx partition 2: {reason}; disk1.vhdx partition 2: {reason}"
     )
-    dynamic = client.get(next(lk["Href"] for lk in task["Links"] if lk["Rel"] == "Related"))
     assert [r["Path"] for r in dynamic["FSRoots"]] == ["C:"]
     assert download(client, dynamic, "C:/hello.txt") == HELLO
 
