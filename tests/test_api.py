@@ -304,6 +304,9 @@ def test_range_requests_return_exact_slices(
     outside = httpx.get(url, headers={**headers, "Range": f"bytes={len(data)}-"})
     assert outside.status_code == 416
     assert outside.headers["content-range"] == f"bytes */{len(data)}"
+    # A range whose end lies before its start is invalid, and ignored (RFC 9110 14.2).
+    backwards = httpx.get(url, headers={**headers, "Range": "bytes=5-2"})
+    assert backwards.status_code == 200 and len(backwards.content) == len(data)
 
 
 def test_download_names_the_file_in_content_disposition(

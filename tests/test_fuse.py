@@ -414,3 +414,37 @@ def test_links_in_the_folder_never_lead_out_of_it(fuse_ok: None, tmp_path: Path)
         client.logoff()
     finally:
         srv.stop()
+
+
+def test_linux_link_targets_keep_backslashes_and_colons(fuse_ok: None, tmp_path: Path) -> None:
+    """On a Linux file system ``\\`` and ``c:`` are plain name characters: ``bs -> dir\\file``
+    names a file whose name holds a backslash, ``drv -> c:/x`` a folder named ``c:``. Read with
+    Windows rules (as a review found) they led to another file and to nothing. A link's size
+    is the length of the target the folder shows."""
+    tree = tmp_path / "tree"
+    (tree / "c:").mkdir(parents=True)
+    (tree / "c:" / "x").write_text("x in the folder c:\n")
+    (tree / "dir").mkdir()
+    (tree / "dir" / "file").write_text("the other file\n")
+    (tree / "dir\\file").write_text("the file with a backslash\n")
+    os.symlink("dir\\file", tree / "bs")
+    os.symlink("c:/x", tree / "drv")
+    os.symlink("/dir/file", tree / "abs")
+    repo = tmp_path / "repo"
+    image = images.point_dir(repo, "linkbox", "2026-11-30T220000Z") / "volume0.img"
+    images.make_ext4(tree, image, 8, "links")
+    srv = Server(tmp_path / "data", [repo], "--flr-root", str(tmp_path / "flr")).start()
+    try:
+        client = EmClient(srv.base)
+        client.logon(USER, PASSWORD)
+        folder = folder_of(mount_point(client, "linkbox@")[1])
+        assert os.readlink(folder / "bs") == "dir\\file"
+        assert cat(folder / "bs") == b"the file with a backslash\n"
+        assert os.readlink(folder / "drv") == "c:/x"
+        assert cat(folder / "drv") == b"x in the folder c:\n"
+        assert os.readlink(folder / "abs") == "dir/file"  # absolute: into this folder
+        for name in ("bs", "drv", "abs"):
+            assert os.lstat(folder / name).st_size == len(os.fsencode(os.readlink(folder / name)))
+        client.logoff()
+    finally:
+        srv.stop()

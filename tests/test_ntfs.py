@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from tests.conftest import (
     download,
     logged_on,
     mount_point,
+    openflr,
     require_tools,
     sha256,
 )
@@ -99,6 +102,38 @@ def test_a_stream_the_file_does_not_have_is_404(client: EmClient, name: str) -> 
     with pytest.raises(ApiFailure) as missing:
         client.request("GET", url)
     assert missing.value.response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "name", ["$mft", "$Mft", "$logfile", "$secure:$SDS", "$extend", "$upcase", "$MFT::$DATA"]
+)
+def test_ntfs_metadata_files_are_404_in_any_case(client: EmClient, name: str) -> None:
+    """NTFS finds names regardless of case: so must the refusal (``C:/$mft`` served the whole
+    MFT, deleted files' names included, until a review found it)."""
+    ntfs = mount_point(client, "ntfsfeatures")
+    with pytest.raises(ApiFailure) as missing:
+        client.request("GET", f"{ntfs['Href']}/C:/{quote(name)}?action=download")
+    assert missing.value.response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("streams.txt:hidden:$DATA", images.NTFS_ADS_TEXT),
+        ("streams.txt:HIDDEN", images.NTFS_ADS_TEXT),
+        ("streams.txt::$DATA", images.NTFS_STREAM_TEXT),
+    ],
+)
+def test_stream_names_as_dir_r_prints_them(client: EmClient, name: str, expected: str) -> None:
+    ntfs = mount_point(client, "ntfsfeatures")
+    url = f"{ntfs['Href']}/C:/withstreams/{quote(name)}?action=download"
+    response = client.request("GET", url)
+    assert response.content == expected.encode()
+    if name != "streams.txt::$DATA":
+        # No colon in the name a browser saves the stream under: Windows allows none.
+        assert 'filename="streams.txt_hidden"' in response.headers["content-disposition"].replace(
+            "HIDDEN", "hidden"
+        )
 
 
 def test_an_alternate_stream_downloads_by_its_name(client: EmClient) -> None:
@@ -266,10 +301,65 @@ def test_wof_compressed_file_downloads_byte_exact(client: EmClient, rich: dict, 
 
 def test_wof_file_compressed_with_lzx_is_a_clear_error(client: EmClient, rich: dict) -> None:
     url = f"{rich['Href']}/C:/wof/{images.RICH_WOF_LZX}?action=download"
+    for method in ("GET", "HEAD"):  # HEAD fails as GET does, not 200
+        response = client.http.request(method, url, headers=client._headers())
+        assert response.status_code == 500
     with pytest.raises(ApiFailure) as refused:
         client.request("GET", url)
-    assert refused.value.response.status_code == 500
     assert "LZX" in refused.value.response.json()["Message"]
+
+
+def test_a_wof_chunk_claiming_a_huge_match_is_refused_at_once() -> None:
+    """A hostile guest's chunk: one literal, then a match claiming 64 MiB. It is damaged data
+    for a 4 KiB chunk, refused before anything is copied (the decoder once copied it all a
+    byte at a time, holding the restore point's lock). Found in review."""
+    from openflr.engine.wof import xpress_huffman_decompress
+
+    lengths = [0] * 512
+    lengths[ord("A")] = 1
+    lengths[256 + 15] = 1  # a match: no offset bits, its length in the long form
+    table = bytes(lengths[2 * i] | lengths[2 * i + 1] << 4 for i in range(256))
+    chunk = table + struct.pack("<HH", 0x4000, 0) + bytes([255]) + struct.pack("<HI", 0, 64 << 20)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="past the end"):
+        xpress_huffman_decompress(chunk + bytes(16), 4096)
+    assert time.monotonic() - started < 1
+
+
+def test_extension_rules_apply_to_a_files_streams(ntfs_server: Server, rich: dict) -> None:
+    """A user denied ``.bin`` gets no ``x.bin:WofCompressedData`` (its compressed bytes) and no
+    restore of it either; a user allowed only ``.txt`` gets ``streams.txt:hidden``."""
+    for name, rule in (("nobin", "--deny-ext"), ("onlytxt", "--allow-ext")):
+        added = openflr(
+            "user", "add", name, "--data-dir", str(ntfs_server.data_dir), "--password-stdin",
+            "--role", "RestoreOperator", "--scope", "ntfsrich", rule,
+            ".bin" if name == "nobin" else ".txt",
+            stdin=f"{name} password 123\n",
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+    nobin = EmClient(ntfs_server.base, as_json=True)
+    nobin.logon("nobin", "nobin password 123")
+    mount = mount_point(nobin, "ntfsrich")
+    for path in ("C:/wof/xpress4k.bin", "C:/wof/xpress4k.bin:WofCompressedData"):
+        response = nobin.http.get(
+            f"{mount['Href']}/{path}?action=download", headers=nobin._headers()
+        )
+        assert response.status_code == 403, path
+    nobin.logoff()
+    onlytxt = EmClient(ntfs_server.base, as_json=True)
+    onlytxt.logon("onlytxt", "onlytxt password 123")
+    mount = mount_point(onlytxt, "ntfsrich")
+    url = f"{mount['Href']}/C:/streams.txt:hidden?action=download"
+    assert onlytxt.request("GET", url).content == images.NTFS_ADS_TEXT.encode()
+    onlytxt.logoff()
+
+
+def test_restore_of_a_junction_is_refused_like_its_download(client: EmClient, rich: dict) -> None:
+    url = f"{rich['Href']}/C:/links/junction?action=restore"
+    body = {"ForDirectDownload": {}}
+    response = client.http.post(url, json=body, headers=client._headers())
+    assert response.status_code == 400
+    assert "symbolic link" in response.json()["Message"]
 
 
 def test_names_deleted_from_a_folder_are_not_listed(client: EmClient) -> None:

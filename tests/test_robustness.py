@@ -245,6 +245,20 @@ def test_head_works_wherever_get_does_and_405_says_what_is_allowed(server: Serve
     assert message(wrong) == "The PUT method is not supported on this resource."
 
 
+def test_head_keeps_the_connection_for_the_next_request(server: Server) -> None:
+    """HEAD on one keep-alive connection, then GET on it: the server must not wait for the
+    body Content-Length announced, drop the connection, or log an error (found in review)."""
+    with httpx.Client(timeout=10) as client:
+        for _ in range(3):
+            head = client.head(server.base)
+            assert head.status_code == 200 and int(head.headers["content-length"]) > 0
+        follow = client.get(server.base)
+        assert follow.status_code == 200 and follow.content
+    time.sleep(0.3)
+    assert "Response content shorter than Content-Length" not in server.log()
+    assert "Traceback" not in server.log()
+
+
 def test_public_url_replaces_the_host_header_in_hrefs(tmp_path: Path, repository: Path) -> None:
     server = Server(
         tmp_path / "data", [repository], "--public-url", "https://flr.example.test:9398"

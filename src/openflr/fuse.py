@@ -315,10 +315,27 @@ class _Operations:
         return found
 
     def readlink(self, path: str) -> str:
-        target = str(self._engine(self._files.readlink, self._guest_path(path)))
-        return self._inside(path, target)
+        guest_path = self._guest_path(path)
+        target = str(self._engine(self._files.readlink, guest_path))
+        windows = bool(self._engine(self._files.on_windows_volume, guest_path))
+        return self._inside(path, target, windows)
 
-    def _inside(self, path: str, target: str) -> str:
+    def _folder_path(self, guest_path: str) -> str:
+        """The path in this folder of a guest path (``C:/Users`` is ``/C/Users``)."""
+        head, slash, rest = guest_path.partition("/")
+        for folder, root in self._drives.items():
+            if head == root:
+                return f"/{folder}{slash}{rest}".rstrip("/") or "/"
+        return guest_path
+
+    def _link_size(self, entry: GuestEntry) -> int:
+        """A link's size as ``lstat`` gives it: the length of the target :meth:`readlink` gives."""
+        try:
+            return len(os.fsencode(self.readlink(self._folder_path(entry.path))))
+        except OSError:
+            return entry.size
+
+    def _inside(self, path: str, target: str, windows: bool = True) -> str:
         """A link's target as a path relative to the link that stays inside this folder.
 
         The guest resolved its links against its own root, so an absolute target
@@ -329,8 +346,9 @@ class _Operations:
         """
         parent = [p for p in path.split("/")[:-1] if p]
         on_drive = bool(parent) and parent[0] in self._drives
-        text = target.replace("\\", "/")
-        drive = re.match(r"^/*(?:\?\?/|\./)?([A-Za-z]):(/|$)", text)
+        # Windows targets: backslashes, drive letters, and the \??\, \\?\ and \\.\ prefixes.
+        text = target.replace("\\", "/") if windows else target
+        drive = re.match(r"^/*(?:\?\?/|\?/|\./)?([A-Za-z]):(/|$)", text) if windows else None
         if drive is not None:
             # A drive the restore point lacks gives a dangling link, still inside the folder.
             base, on_drive = [drive.group(1).upper()], True
@@ -432,7 +450,7 @@ class _Operations:
         if entry is None or entry.kind == "dir":
             mode, size, nlink = self._dir_mode, 0, 1
         elif entry.kind == "symlink":
-            mode, size, nlink = stat.S_IFLNK | 0o777, entry.size, 1
+            mode, size, nlink = stat.S_IFLNK | 0o777, self._link_size(entry), 1
         else:
             mode, size, nlink = self._file_mode, entry.size, 1
         mtime = self._mtime if entry is None or entry.mtime is None else int(entry.mtime * _NS)

@@ -392,12 +392,14 @@ class _Api:
 
         entry = await run_in_threadpool(_stat, mount, guest_path or "/")
         access = await self._access(request)
-        if entry.kind != "dir" and not access.may_download(entry.name):
+        if entry.kind != "dir" and not access.may_download(entry.file_name):
             raise ApiError(
                 403,
                 f"Access denied: {access.user} may not restore files like "
-                f"{entry.name!r} (file extension rules).",
+                f"{entry.file_name!r} (file extension rules).",
             )
+        if entry.kind == "symlink":
+            raise ApiError(400, f"{entry.path} is a symbolic link; download its target instead.")
         task = await run_in_threadpool(self._start_restore, request, mount, entry)
         await self._audit("restore", request, access, mount, entry, outcome=task.task_id)
         return respond(request, await self._task_node(request, task), 202, body_kind=kind)
@@ -442,11 +444,11 @@ class _Api:
                 raise ApiError(
                     400, f"{entry.path} is a symbolic link; download its target instead."
                 )
-            if not access.may_download(entry.name):
+            if not access.may_download(entry.file_name):
                 raise ApiError(
                     403,
                     f"Access denied: {access.user} may not download files "
-                    f"like {entry.name!r} (file extension rules).",
+                    f"like {entry.file_name!r} (file extension rules).",
                 )
             log.info(
                 "download of %r (%d bytes) from mount %s@%d",
@@ -784,9 +786,10 @@ class _CanonicalPath:
                 return
         if scope["type"] == "http" and scope["method"] == "HEAD":
             # HEAD is GET without the body, on every resource: route it as GET and drop the
-            # body on the way out (downloads see the flag and do not open the file at all).
-            scope["method"] = "GET"
-            scope["openflr.method"] = "HEAD"
+            # body on the way out (downloads see the flag and send no data). A copy of the
+            # scope: the server's own stays HEAD, or it would wait for the body Content-Length
+            # announces and drop the connection.
+            scope = {**scope, "method": "GET", "openflr.method": "HEAD"}
             original_send = send
 
             async def send_headers_only(message: Any) -> None:

@@ -60,8 +60,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise _unsatisfiable(size)
         return max(size - length, 0), size - 1
     start = int(first)
+    if last and int(last) < start:
+        return None  # an invalid range is ignored (RFC 9110 14.2): the whole file
     end = min(int(last), size - 1) if last else size - 1
-    if start >= size or start > end:
+    if start >= size:
         raise _unsatisfiable(size)
     return start, end
 
@@ -83,8 +85,10 @@ def file_response(
     start, end = wanted if wanted is not None else (0, size - 1)
     length = end - start + 1 if size else 0
 
+    # A stream's name holds a colon, which no Windows file name may: "file.txt_stream".
+    name = entry.name if entry.stream is None else f"{entry.file_name}_{entry.stream}"
     headers = {
-        "Content-Disposition": content_disposition(entry.name),
+        "Content-Disposition": content_disposition(name),
         "Accept-Ranges": "bytes",
         "Content-Length": str(length),
     }
@@ -97,13 +101,13 @@ def file_response(
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
 
-    if head:
-        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
-
     try:
-        stream = files.open(entry.path)
+        stream = files.open(entry.path)  # also for HEAD: it fails where GET would
     except EngineError as exc:
         raise ApiError(500, str(exc)) from exc
+    if head:
+        stream.close()
+        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
 
     def chunks() -> Iterator[bytes]:
         try:

@@ -48,6 +48,8 @@ _NTFS_METAFILES = frozenset(
         "$Secure", "$UpCase", "$Volume",
     }
 )  # fmt: skip
+# NTFS looks names up regardless of case: so are they refused.
+_NTFS_METAFILES_FOLDED = frozenset(name.casefold() for name in _NTFS_METAFILES)
 
 _WINDOWS_FS = frozenset({"ntfs", "fat", "exfat"})
 _LINUX_FS = frozenset({"ext", "xfs", "btrfs"})
@@ -69,6 +71,13 @@ class GuestEntry(NamedTuple):
     size: int
     mtime: float | None
     owner: str | None = None
+    # An NTFS alternate data stream's name (``name`` is then ``file:stream``), else None.
+    stream: str | None = None
+
+    @property
+    def file_name(self) -> str:
+        """The name of the file itself: for a stream, the name of the file that holds it."""
+        return self.name if self.stream is None else self.name[: -len(self.stream) - 1]
 
 
 @dataclass
@@ -168,7 +177,13 @@ class GuestFileSystem:
             owner = self._owner(volume, st)
             if volume.fs_type == "ntfs":
                 owner = self._ntfs_owners_of(volume, [st.st_ino]).get(st.st_ino)
-            return _to_entry(guest_path, parts[-1], st, volume.fs_type, owner)
+            found = _to_entry(guest_path, parts[-1], st, volume.fs_type, owner)
+            if volume.fs_type == "ntfs" and ":" in parts[-1]:
+                base, stream = _stream_name(parts[-1])
+                if stream:
+                    return found._replace(name=f"{base}:{stream}", stream=stream)
+                return found._replace(name=base)  # "name::$DATA", the file itself
+            return found
 
     def child(self, folder: str, name: str) -> GuestEntry:
         """Return the entry named exactly ``name`` in a folder, answered from its listing.
@@ -207,6 +222,12 @@ class GuestFileSystem:
                 return str(entry.readlink())
             except Exception as exc:
                 raise GuestFileUnreadable(guest_path, str(exc) or type(exc).__name__) from exc
+
+    def on_windows_volume(self, path: str) -> bool:
+        """Whether a guest path lies on a Windows file system (NTFS, FAT, exFAT), whose link
+        targets use drive letters and backslashes."""
+        root, parts = self._split(path)
+        return _volume_for(root, parts)[0].fs_type in _WINDOWS_FS
 
     def list_folder(self, path: str) -> list[GuestEntry]:
         """Return the entries of a folder: files first, then folders, each sorted by name.
@@ -376,14 +397,20 @@ class GuestFileSystem:
             # of a file, which only NTFS has, and only as the last part of a path.
             if volume.fs_type != "ntfs" or any(":" in part for part in inner[:-1]):
                 raise GuestPathNotFound(guest_path)
-            name, _, stream = inner[-1].partition(":")
-            if not name or not stream or ":" in stream:
+            name, stream = _stream_name(inner[-1])
+            if not name or stream is None:
                 raise GuestPathNotFound(guest_path)
             found = self._fs_entry(volume, [*inner[:-1], name], guest_path)
             if found.is_dir():
                 raise GuestPathNotFound(guest_path)  # a folder's streams are not served
-            return volume.fs.get("/" + "/".join(inner))
-        if volume.fs_type == "ntfs" and len(inner) == 1 and inner[0] in _NTFS_METAFILES:
+            if not stream:
+                return found  # "name::$DATA": the main stream
+            return volume.fs.get("/" + "/".join([*inner[:-1], f"{name}:{stream}"]))
+        if (
+            volume.fs_type == "ntfs"
+            and len(inner) == 1
+            and inner[0].partition(":")[0].casefold() in _NTFS_METAFILES_FOLDED
+        ):
             raise GuestPathNotFound(guest_path)  # hidden from listings, so not reachable either
         fs_path = "/" + "/".join(inner)
         try:
@@ -551,6 +578,21 @@ _DATA_ELSEWHERE = {
     0x80000007: "it is a Single Instance Storage link into the SIS common store",
 }
 _CLOUD_FILES = 0x9000001A  # OneDrive and other cloud placeholders: 0x9000x01A
+
+
+def _stream_name(name: str) -> tuple[str, str | None]:
+    """Split ``file:stream`` (also ``file:stream:$DATA`` and ``file::$DATA``, as ``dir /r``
+    shows them) into the file's name and the stream's; the stream is "" for the main stream and
+    None where the name is no valid stream name."""
+    base, _, stream = name.partition(":")
+    head, _, kind = stream.partition(":")
+    if kind and kind.upper() != "$DATA":
+        return base, None
+    if not head and not kind:
+        return base, None  # "file:" names nothing
+    if ":" in kind:
+        return base, None
+    return base, head
 
 
 _EXT_INLINE_DATA = 0x8000  # EXT4_FEATURE_INCOMPAT_INLINE_DATA

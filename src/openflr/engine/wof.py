@@ -203,6 +203,8 @@ def xpress_huffman_decompress(data: bytes, size: int) -> bytes:
                     match_length -= 15
                 match_length += 15
             match_length += 3
+            if match_length > size - len(out):
+                raise ValueError("a match runs past the end of the chunk")
             offset = ((bits >> (32 - offset_bits)) if offset_bits else 0) + (1 << offset_bits)
             bits = (bits << offset_bits) & 0xFFFFFFFF
             extra -= offset_bits
