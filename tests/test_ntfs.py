@@ -371,3 +371,18 @@ def test_names_deleted_from_a_folder_are_not_listed(client: EmClient) -> None:
     frag = mount_point(client, "ntfsfragmft")
     listed = client.list_all(walk_to(client, frag, "C:/shrunk"))
     assert sorted(e["Name"] for e in listed) == list(images.SHRUNK_KEPT)
+
+
+def test_efs_encrypted_file_is_a_clear_error_not_ciphertext(client: EmClient, rich: dict) -> None:
+    """An EFS-encrypted file's data stream holds ciphertext: refused with the reason, never
+    served as if it were the file; a zip around it completes and names it."""
+    url = f"{rich['Href']}/C:/efs/secret.txt?action=download"
+    with pytest.raises(ApiFailure) as refused:
+        client.request("GET", url)
+    assert refused.value.response.status_code == 500
+    assert "EFS" in refused.value.response.json()["Message"]
+    folder = walk_to(client, rich, "C:/efs")
+    archive = zipfile.ZipFile(io.BytesIO(client.restore_for_download(folder).content))
+    assert sorted(archive.namelist()) == ["openflr-errors.txt", "plain.txt"]
+    (error,) = archive.read("openflr-errors.txt").decode().splitlines()
+    assert error.startswith("secret.txt: ") and "EFS" in error

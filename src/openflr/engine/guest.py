@@ -578,6 +578,7 @@ _DATA_ELSEWHERE = {
     0x80000007: "it is a Single Instance Storage link into the SIS common store",
 }
 _CLOUD_FILES = 0x9000001A  # OneDrive and other cloud placeholders: 0x9000x01A
+_FILE_ATTRIBUTE_ENCRYPTED = 0x4000  # EFS: the data stream holds ciphertext
 
 
 def _stream_name(name: str) -> tuple[str, str | None]:
@@ -630,13 +631,24 @@ def _reparse_tag(record: Any) -> int | None:
 
 
 def _check_ntfs_data(record: Any, guest_path: str) -> None:
-    """Refuse an NTFS file whose data another component of Windows keeps elsewhere.
+    """Refuse an NTFS file whose data is encrypted (EFS) or kept elsewhere by another
+    component of Windows.
 
     Raises:
         GuestFileUnreadable: the file's reparse tag says its data is not on this volume as
             plain, NTFS-compressed or WOF-compressed data (deduplication, HSM, cloud
             placeholders).
     """
+    try:
+        attributes = int(record.attributes.STANDARD_INFORMATION.file_attributes)
+    except Exception:
+        attributes = 0
+    if attributes & _FILE_ATTRIBUTE_ENCRYPTED:
+        raise GuestFileUnreadable(
+            guest_path,
+            "it is encrypted with Windows EFS, whose keys are the user's and not in the backup; "
+            "openflr cannot decrypt it",
+        )
     tag = _reparse_tag(record)
     if tag is None:
         return
