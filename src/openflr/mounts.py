@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import func, or_, select
 
 from openflr.audit import AuditLog
 from openflr.catalog import Catalog, RestorePoint
-from openflr.engine import EngineError, OpenedRestorePoint, open_restore_point
+from openflr.engine import EngineError, OpenedRestorePoint
 from openflr.engine.errors import UnsupportedBackup
 from openflr.fuse import FlrFolder, FlrFolders, FolderUnavailable
+from openflr.opened import OpenedPoints
 from openflr.store import Database, LogonSessionRow, MountRow
 from openflr.tasks import Task, TaskOutcome, TaskService
 
@@ -24,49 +24,6 @@ __all__ = ["Mount", "MountGone", "MountService"]
 
 class MountGone(Exception):
     """A mount record whose restore point can no longer be opened (its backup file went away)."""
-
-
-class _SharedRestorePoints:
-    """Opened restore points, shared by all mounts of the same point, closed with the last one.
-
-    Fifty sessions mounting one restore point then hold one set of open files and one set of
-    caches (listings, file system metadata) instead of fifty.
-    """
-
-    def __init__(self) -> None:
-        self._items: dict[str, list[Any]] = {}  # restore point id -> [opened, users]
-        self._lock = threading.Lock()
-
-    def acquire(self, point: RestorePoint) -> OpenedRestorePoint:
-        """The opened restore point, opening it if no mount holds it yet."""
-        with self._lock:
-            item = self._items.get(point.id)
-            if item is not None:
-                item[1] += 1
-                return item[0]  # type: ignore[no-any-return]
-        opened = open_restore_point(point.source)  # slow: not under the lock
-        with self._lock:
-            item = self._items.get(point.id)
-            if item is None:
-                self._items[point.id] = [opened, 1]
-                return opened
-            item[1] += 1
-        opened.close()  # another mount opened it meanwhile
-        return item[0]  # type: ignore[no-any-return]
-
-    def release(self, opened: OpenedRestorePoint) -> None:
-        """One mount fewer uses it; the last one closes it."""
-        with self._lock:
-            for point_id, item in self._items.items():
-                if item[0] is opened:
-                    item[1] -= 1
-                    if item[1] > 0:
-                        return
-                    del self._items[point_id]
-                    break
-            else:
-                return
-        opened.close()
 
 
 @dataclass(frozen=True)
@@ -85,6 +42,8 @@ class MountService:
 
     Args:
         folders: The FLR root, where each mount also becomes a read-only folder; None for none.
+        keep_open: Seconds a restore point stays open after its last unmount, for the next
+            mount to find it open; 0 closes it at once.
     """
 
     def __init__(
@@ -93,13 +52,14 @@ class MountService:
         catalog: Catalog,
         tasks: TaskService,
         folders: FlrFolders | None = None,
+        keep_open: float = 0.0,
     ) -> None:
         self.db = db
         self.catalog = catalog
         self.tasks = tasks
         self.folders = folders
         self._opened: dict[int, OpenedRestorePoint] = {}
-        self._shared = _SharedRestorePoints()
+        self._shared = OpenedPoints(keep_open=keep_open)
         self._folders: dict[int, FlrFolder] = {}
         self._lock = threading.Lock()
         # Mount records change under this lock: numbering reads the highest number and inserts
@@ -212,6 +172,7 @@ class MountService:
 
     def close_all(self) -> None:
         """Close every opened restore point and its folder (server shutdown); the records stay."""
+        self._shared.close_all()
         with self._lock:
             opened = list(self._opened.values())
             self._opened.clear()
