@@ -569,6 +569,10 @@ class _Api:
 
     async def _session(self, request: Request) -> LogonSession:
         """The logon session of the request's token; the cookie is tried first, then the header."""
+        state = request.scope.setdefault("state", {})
+        known: LogonSession | None = state.get("session")
+        if known is not None:
+            return known  # looked up once per request
         candidates = [request.cookies.get(SESSION_HEADER), request.headers.get(SESSION_HEADER)]
         tokens = [t.strip() for t in candidates if t and t.strip()]
         if not tokens:
@@ -580,7 +584,7 @@ class _Api:
         for token in dict.fromkeys(tokens):
             session = await run_in_threadpool(self.services.sessions.authenticate, token)
             if session is not None:
-                state = request.scope.setdefault("state", {})
+                state["session"] = session
                 state["session_id"] = session.id
                 if not state.get("session_held"):
                     self.services.sessions.hold(session.id)
@@ -858,8 +862,10 @@ class _RequestLog:
             state = scope.get("state", {})
             session_id = state.get("session_id", "-")
             elapsed = time.monotonic() - started
-            if state.get("session_held"):
-                await run_in_threadpool(self.sessions.release, session_id, elapsed > 1.0)
+            if state.get("session_held") and elapsed > 1.0:
+                await run_in_threadpool(self.sessions.release, session_id, True)
+            elif state.get("session_held"):
+                self.sessions.release(session_id, False)  # no database write: no thread needed
             client = scope.get("client") or ("-", 0)
             log.info(
                 "request %d %s %s %s %d %d bytes %.1f ms session %s",
