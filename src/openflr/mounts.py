@@ -12,7 +12,7 @@ from openflr.audit import AuditLog
 from openflr.catalog import Catalog, RestorePoint
 from openflr.engine import EngineError, OpenedRestorePoint
 from openflr.engine.errors import UnsupportedBackup
-from openflr.fuse import FlrFolder, FlrFolders, FolderUnavailable
+from openflr.fuse import FlrFolder, FlrFolders, FolderUnavailable, PendingFolder
 from openflr.opened import OpenedPoints
 from openflr.store import Database, LogonSessionRow, MountRow
 from openflr.tasks import Task, TaskOutcome, TaskService
@@ -200,17 +200,21 @@ class MountService:
             self._shared.release(opened)
             return TaskOutcome(False, "Cancelled")
 
+        # The kernel mounts the folder while the mount is recorded.
+        pending = self._start_attach(point, opened)
         try:
             recorded = self._record(session_id, point, opened)
         except Exception:
+            self._abandon(pending)
             self._shared.release(opened)
             raise
         if recorded is None:
+            self._abandon(pending)
             self._shared.release(opened)
             return TaskOutcome(False, "The logon session ended before the mount finished")
         row_id, number = recorded
 
-        message = "Ok; " + self._attach(row_id, point, opened)
+        message = "Ok; " + self._finish_attach(row_id, opened, pending)
         if opened.skipped:
             message += "; volumes not mounted: " + "; ".join(opened.skipped)
         log.info(
@@ -243,10 +247,25 @@ class MountService:
 
     def _attach(self, row_id: int, point: RestorePoint, opened: OpenedRestorePoint) -> str:
         """Serve a mount's files as a folder under the FLR root; say where, or why not."""
+        return self._finish_attach(row_id, opened, self._start_attach(point, opened))
+
+    def _start_attach(self, point: RestorePoint, opened: OpenedRestorePoint) -> PendingFolder | str:
+        """Start mounting a mount's folder under the FLR root, or say why there is none."""
         if self.folders is None:
             return "no FUSE folder: no FLR root configured"
         try:
-            folder = self.folders.attach(point.machine, opened.files, point.created.timestamp())
+            return self.folders.start_attach(point.machine, opened.files, point.created.timestamp())
+        except FolderUnavailable as exc:
+            return f"no FUSE folder: {exc}"
+
+    def _finish_attach(
+        self, row_id: int, opened: OpenedRestorePoint, pending: PendingFolder | str
+    ) -> str:
+        """Give a mount the folder once mounted; say where it is, or why there is none."""
+        if isinstance(pending, str):
+            return pending
+        try:
+            folder = pending.wait()
         except FolderUnavailable as exc:
             return f"no FUSE folder: {exc}"
         with self._lock:
@@ -258,6 +277,16 @@ class MountService:
             self._detach(folder)
             return "no FUSE folder: unmounted while the folder was being made"
         return f"folder: {folder.path}"
+
+    def _abandon(self, pending: PendingFolder | str) -> None:
+        """Remove the folder of a mount that did not come about."""
+        if isinstance(pending, str):
+            return
+        try:
+            folder = pending.wait()
+        except FolderUnavailable:
+            return  # gone already
+        self._detach(folder)
 
     def _detach(self, folder: FlrFolder) -> None:
         if self.folders is not None:
