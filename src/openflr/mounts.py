@@ -6,7 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, insert, or_, select
 
 from openflr.audit import AuditLog
 from openflr.catalog import Catalog, RestorePoint
@@ -14,7 +14,7 @@ from openflr.engine import EngineError, OpenedRestorePoint
 from openflr.engine.errors import UnsupportedBackup
 from openflr.fuse import FlrFolder, FlrFolders, FolderUnavailable, PendingFolder
 from openflr.opened import OpenedPoints
-from openflr.store import Database, LogonSessionRow, MountRow
+from openflr.store import Database, LogonSessionRow, MountRow, utcnow
 from openflr.tasks import Task, TaskOutcome, TaskService
 
 log = logging.getLogger(__name__)
@@ -229,18 +229,27 @@ class MountService:
     def _record(
         self, session_id: str, point: RestorePoint, opened: OpenedRestorePoint
     ) -> tuple[int, int] | None:
-        with self._records, self.db.session() as session:
-            if session.get(LogonSessionRow, session_id) is None:
+        with self._records, self.db.connection() as connection:
+            alive = connection.execute(
+                select(LogonSessionRow.id).where(LogonSessionRow.id == session_id)
+            ).first()
+            if alive is None:
                 return None
-            highest = session.scalar(
+            highest = connection.execute(
                 select(func.max(MountRow.number)).where(MountRow.restore_point_id == point.id)
-            )
-            row = MountRow(
-                restore_point_id=point.id, number=(highest or 0) + 1, session_id=session_id
-            )
-            session.add(row)
-            session.flush()
-            row_id, number = row.id, row.number
+            ).scalar()
+            number = (highest or 0) + 1
+            row_id = connection.execute(
+                insert(MountRow)
+                .values(
+                    restore_point_id=point.id,
+                    number=number,
+                    session_id=session_id,
+                    released=False,
+                    created=utcnow(),
+                )
+                .returning(MountRow.id)
+            ).scalar_one()
         with self._lock:
             self._opened[row_id] = opened
         return row_id, number

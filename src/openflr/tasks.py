@@ -7,8 +7,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Row, delete, insert, select, update
 
 from openflr.store import Database, TaskRow, utcnow
 
@@ -90,18 +91,33 @@ class TaskService:
         guest_path: str | None = None,
     ) -> Task:
         """Record a Running task and run ``work(task_number)`` in the background."""
-        row = TaskRow(
+        now = utcnow()
+        with self.db.connection() as connection:
+            number = connection.execute(
+                insert(TaskRow)
+                .values(
+                    session_id=session_id,
+                    operation=operation,
+                    state="Running",
+                    restore_point_id=restore_point_id,
+                    mount_number=mount_number,
+                    guest_path=guest_path,
+                    created=now,
+                    updated=now,
+                )
+                .returning(TaskRow.id)
+            ).scalar_one()
+        task = Task(
+            id=number,
             session_id=session_id,
             operation=operation,
             state="Running",
+            success=None,
+            message=None,
             restore_point_id=restore_point_id,
             mount_number=mount_number,
             guest_path=guest_path,
         )
-        with self.db.session() as session:
-            session.add(row)
-            session.flush()
-            task = _to_task(row)
         with self._lock:
             self._running[task.id] = _Pending()
         log.info(
@@ -196,17 +212,24 @@ class TaskService:
 
     def _finish(self, number: int, outcome: TaskOutcome) -> Task | None:
         """Record a task's outcome; return the task as it now is, or None if it was removed."""
-        with self.db.session() as session:
-            row = session.get(TaskRow, number)
-            if row is None:
-                return None
-            row.state = "Finished"
-            row.success = outcome.success
-            row.message = outcome.message
-            if outcome.mount_number is not None:
-                row.mount_number = outcome.mount_number
-            row.updated = utcnow()
-            finished = _to_task(row)
+        values: dict[str, object] = {
+            "state": "Finished",
+            "success": outcome.success,
+            "message": outcome.message,
+            "updated": utcnow(),
+        }
+        if outcome.mount_number is not None:
+            values["mount_number"] = outcome.mount_number
+        with self.db.connection() as connection:
+            row = connection.execute(
+                update(TaskRow)
+                .where(TaskRow.id == number)
+                .values(values)
+                .returning(*TaskRow.__table__.columns)
+            ).first()
+        if row is None:
+            return None
+        finished = _to_task(row)
         log.info(
             "task task-%d Finished success=%s mount %s: %s",
             number,
@@ -225,7 +248,7 @@ class _Pending:
         self.finished: Task | None = None
 
 
-def _to_task(row: TaskRow) -> Task:
+def _to_task(row: TaskRow | Row[Any]) -> Task:
     return Task(
         id=row.id,
         session_id=row.session_id,
