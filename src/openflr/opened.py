@@ -72,6 +72,7 @@ class OpenedPoints:
         self._idle: OrderedDict[str, _Point] = OrderedDict()  # longest idle first
         self._lock = threading.Condition()
         self._closer: threading.Thread | None = None
+        self._checked_at = 0.0  # when the closer last looked at the idle points' backup files
         self._stopped = False
 
     def acquire(self, point: RestorePoint) -> OpenedRestorePoint:
@@ -129,12 +130,16 @@ class OpenedPoints:
             else:
                 item.idle_since = time.monotonic()
                 self._idle[item.point_id] = item
+                if len(self._idle) == 1:
+                    # The closer sleeps without a deadline while no point is idle; the files were
+                    # looked at when this point was taken, so the next look is due in a while.
+                    self._checked_at = item.idle_since
+                    self._lock.notify_all()
                 closing = crowded = [
                     self._forget(next(iter(self._idle.values())))
                     for _ in range(len(self._idle) - self.max_idle)
                 ]
                 self._start_closer()
-                self._lock.notify_all()
                 log.info("restore point %s kept open for %g s", item.point_id, self.keep_open)
         for item in crowded:
             log.info("restore point %s closed: more than %d idle", item.point_id, self.max_idle)
@@ -194,10 +199,12 @@ class OpenedPoints:
                 self._lock.wait(self._next_wake())
                 if self._stopped:
                     return
-                watched = list(self._idle.values())
+                now = time.monotonic()
+                watched = []
+                if now - self._checked_at >= _CHECK_INTERVAL:
+                    watched, self._checked_at = list(self._idle.values()), now
             changed = {id(item) for item in watched if _signature(item.source) != item.signature}
             with self._lock:
-                now = time.monotonic()
                 due = [
                     item
                     for item in self._idle.values()
@@ -217,8 +224,8 @@ class OpenedPoints:
         if not self._idle:
             return None
         first = next(iter(self._idle.values()))
-        due = first.idle_since + self.keep_open - time.monotonic()
-        return max(0.0, min(due, _CHECK_INTERVAL))
+        wake = min(first.idle_since + self.keep_open, self._checked_at + _CHECK_INTERVAL)
+        return max(0.0, wake - time.monotonic())
 
 
 def _signature(source: VbkSource | ImageSource) -> Signature:
