@@ -56,22 +56,76 @@ def test_a_removed_task_number_is_never_reused_nor_cancels_another(server: Serve
     assert other["Result"]["Message"].startswith("Ok")
 
 
-def test_logoff_and_unmount_close_every_backup_file(server: Server) -> None:
-    def cycle(log_off: bool) -> None:
+def backup_files(server: Server, repository: Path) -> list[str]:
+    """The files of the repository the server process holds open."""
+    return [f for f in open_files(server) if f.startswith(str(repository) + "/")]
+
+
+def mount_cycle(server: Server, log_off: bool) -> None:
+    """Mount a VHDX, a QCOW2 and a VMDK point, then unmount each, or log off holding them."""
+    client = EmClient(server.base)
+    client.logon(USER, PASSWORD)
+    for machine in ("winbox@", "linbox@", "mbrbox@"):
+        mount = client.mount(client.restore_point(machine))
+        if not log_off:
+            client.request("DELETE", link(mount, "Delete"), 204)
+    client.logoff()
+    client.close()
+
+
+def test_logoff_and_unmount_close_every_backup_file(tmp_path: Path, repository: Path) -> None:
+    server = Server(tmp_path / "data", [repository], "--keep-open", "0").start()
+    try:
+        for _ in range(3):
+            mount_cycle(server, log_off=True)
+            assert backup_files(server, repository) == []
+            mount_cycle(server, log_off=False)
+            assert backup_files(server, repository) == []
+    finally:
+        server.stop()
+
+
+def test_a_remount_within_the_grace_period_reuses_the_open_backup_files(
+    tmp_path: Path, repository: Path
+) -> None:
+    server = Server(tmp_path / "data", [repository], "--keep-open", "1").start()
+    try:
         client = EmClient(server.base)
         client.logon(USER, PASSWORD)
-        for machine in ("winbox@", "linbox@", "mbrbox@"):  # VHDX, QCOW2, VMDK
-            mount = client.mount(client.restore_point(machine))
-            if not log_off:
-                client.request("DELETE", link(mount, "Delete"), 204)
+        point = client.restore_point("linbox@")
+        client.request("DELETE", link(client.mount(point), "Delete"), 204)
+        held = backup_files(server, repository)
+        assert held, "an unmounted point stays open for the grace period"
+        mount = client.mount(point)
+        assert backup_files(server, repository) == held
+        assert f"restore point {point['UID'].rsplit(':', 1)[1]} mounted again while kept open" in (
+            server.log()
+        )
+        client.request("DELETE", link(mount, "Delete"), 204)
         client.logoff()
-        client.close()
 
-    before = open_files(server)
-    for _ in range(3):
-        cycle(log_off=True)
-        cycle(log_off=False)
-    assert [f for f in open_files(server) if f not in before] == []
+        deadline = time.monotonic() + 15
+        while backup_files(server, repository) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert backup_files(server, repository) == []
+        assert "closed: idle" in server.log()
+    finally:
+        server.stop()
+
+
+def test_logoff_closes_every_backup_file_after_the_grace_period(
+    tmp_path: Path, repository: Path
+) -> None:
+    server = Server(tmp_path / "data", [repository], "--keep-open", "1").start()
+    try:
+        for log_off in (True, False):
+            mount_cycle(server, log_off)
+            deadline = time.monotonic() + 15
+            while backup_files(server, repository) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert backup_files(server, repository) == []
+    finally:
+        server.stop()
 
 
 def test_concurrent_mounts_of_one_point_all_succeed_with_their_own_numbers(

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from openflr.store import AuditRow, Database, as_utc, utcnow
 
@@ -84,9 +84,9 @@ class AuditLog:
                 descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 with os.fdopen(descriptor, "a", encoding="ascii") as fh:
                     fh.write(line)
-                with self.db.session() as session_:
-                    session_.add(
-                        AuditRow(
+                with self.db.connection() as connection:
+                    connection.execute(
+                        insert(AuditRow).values(
                             time=now,
                             event=event,
                             user_name=user,

@@ -41,7 +41,7 @@ from openflr.engine.errors import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FlrFolder", "FlrFolders", "FolderUnavailable", "folder_name"]
+__all__ = ["FlrFolder", "FlrFolders", "FolderUnavailable", "PendingFolder", "folder_name"]
 
 # The data cannot change while mounted, so the kernel may keep names and attributes for long;
 # only a name that does not exist is forgotten sooner, in case a client mistyped it.
@@ -91,6 +91,45 @@ class FlrFolder:
         """Wait for the FUSE loop to end; True if it did."""
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+
+class PendingFolder:
+    """A mount's folder whose FUSE mount has started and may not be ready yet."""
+
+    def __init__(
+        self,
+        folders: FlrFolders,
+        path: Path,
+        thread: threading.Thread,
+        ready: threading.Event,
+        failure: list[str],
+    ) -> None:
+        self.path = path
+        self._folders = folders
+        self._thread = thread
+        self._ready = ready
+        self._failure = failure
+
+    def wait(self) -> FlrFolder:
+        """Wait until the kernel serves the folder; return it.
+
+        Raises:
+            FolderUnavailable: the mount failed or the kernel did not answer in time; the folder
+                is gone again.
+        """
+        deadline = time.monotonic() + _MOUNT_WAIT
+        while not self._ready.wait(0.05):
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                break
+        if not self._ready.is_set():
+            # libfuse itself writes the cause to standard error; the exception only says it failed.
+            why = self._failure[0] if self._failure else "no answer from the kernel in time"
+            _unmount(self.path)
+            self._folders._remove_folder(self.path)
+            log.warning("FUSE mount at %s failed: %s", self.path, why)
+            raise FolderUnavailable(f"FUSE mount at {self.path} failed ({why})")
+        log.info("FLR folder %s mounted", self.path)
+        return FlrFolder(self.path, self._thread)
 
 
 class FlrFolders:
@@ -144,6 +183,17 @@ class FlrFolders:
         Raises:
             FolderUnavailable: FUSE is not available, or this mount could not be made.
         """
+        return self.start_attach(machine, files, created).wait()
+
+    def start_attach(self, machine: str, files: GuestFileSystem, created: float) -> PendingFolder:
+        """Make a folder for a mount and start mounting it; :meth:`PendingFolder.wait` ends it.
+
+        The kernel's part of a FUSE mount takes most of a millisecond; the caller can do other
+        work meanwhile.
+
+        Raises:
+            FolderUnavailable: FUSE is not available, or the folder could not be made.
+        """
         if self.unavailable is not None:
             raise FolderUnavailable(self.unavailable)
         path = self._make_folder(folder_name(machine))
@@ -174,19 +224,7 @@ class FlrFolders:
 
         thread = threading.Thread(target=serve, name=f"openflr-fuse-{path.name}", daemon=True)
         thread.start()
-        deadline = time.monotonic() + _MOUNT_WAIT
-        while not operations.ready.wait(0.05):
-            if not thread.is_alive() or time.monotonic() > deadline:
-                break
-        if not operations.ready.is_set():
-            # libfuse itself writes the cause to standard error; the exception only says it failed.
-            why = failure[0] if failure else "no answer from the kernel in time"
-            _unmount(path)
-            self._remove_folder(path)
-            log.warning("FUSE mount at %s failed: %s", path, why)
-            raise FolderUnavailable(f"FUSE mount at {path} failed ({why})")
-        log.info("FLR folder %s mounted", path)
-        return FlrFolder(path, thread)
+        return PendingFolder(self, path, thread, operations.ready, failure)
 
     def detach(self, folder: FlrFolder) -> None:
         """Unmount a folder and remove it.

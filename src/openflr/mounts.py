@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, insert, or_, select
 
 from openflr.audit import AuditLog
 from openflr.catalog import Catalog, RestorePoint
-from openflr.engine import EngineError, OpenedRestorePoint, open_restore_point
+from openflr.engine import EngineError, OpenedRestorePoint
 from openflr.engine.errors import UnsupportedBackup
-from openflr.fuse import FlrFolder, FlrFolders, FolderUnavailable
-from openflr.store import Database, LogonSessionRow, MountRow
+from openflr.fuse import FlrFolder, FlrFolders, FolderUnavailable, PendingFolder
+from openflr.opened import OpenedPoints
+from openflr.store import Database, LogonSessionRow, MountRow, utcnow
 from openflr.tasks import Task, TaskOutcome, TaskService
 
 log = logging.getLogger(__name__)
@@ -24,49 +24,6 @@ __all__ = ["Mount", "MountGone", "MountService"]
 
 class MountGone(Exception):
     """A mount record whose restore point can no longer be opened (its backup file went away)."""
-
-
-class _SharedRestorePoints:
-    """Opened restore points, shared by all mounts of the same point, closed with the last one.
-
-    Fifty sessions mounting one restore point then hold one set of open files and one set of
-    caches (listings, file system metadata) instead of fifty.
-    """
-
-    def __init__(self) -> None:
-        self._items: dict[str, list[Any]] = {}  # restore point id -> [opened, users]
-        self._lock = threading.Lock()
-
-    def acquire(self, point: RestorePoint) -> OpenedRestorePoint:
-        """The opened restore point, opening it if no mount holds it yet."""
-        with self._lock:
-            item = self._items.get(point.id)
-            if item is not None:
-                item[1] += 1
-                return item[0]  # type: ignore[no-any-return]
-        opened = open_restore_point(point.source)  # slow: not under the lock
-        with self._lock:
-            item = self._items.get(point.id)
-            if item is None:
-                self._items[point.id] = [opened, 1]
-                return opened
-            item[1] += 1
-        opened.close()  # another mount opened it meanwhile
-        return item[0]  # type: ignore[no-any-return]
-
-    def release(self, opened: OpenedRestorePoint) -> None:
-        """One mount fewer uses it; the last one closes it."""
-        with self._lock:
-            for point_id, item in self._items.items():
-                if item[0] is opened:
-                    item[1] -= 1
-                    if item[1] > 0:
-                        return
-                    del self._items[point_id]
-                    break
-            else:
-                return
-        opened.close()
 
 
 @dataclass(frozen=True)
@@ -85,6 +42,8 @@ class MountService:
 
     Args:
         folders: The FLR root, where each mount also becomes a read-only folder; None for none.
+        keep_open: Seconds a restore point stays open after its last unmount, for the next
+            mount to find it open; 0 closes it at once.
     """
 
     def __init__(
@@ -93,13 +52,14 @@ class MountService:
         catalog: Catalog,
         tasks: TaskService,
         folders: FlrFolders | None = None,
+        keep_open: float = 0.0,
     ) -> None:
         self.db = db
         self.catalog = catalog
         self.tasks = tasks
         self.folders = folders
         self._opened: dict[int, OpenedRestorePoint] = {}
-        self._shared = _SharedRestorePoints()
+        self._shared = OpenedPoints(keep_open=keep_open)
         self._folders: dict[int, FlrFolder] = {}
         self._lock = threading.Lock()
         # Mount records change under this lock: numbering reads the highest number and inserts
@@ -212,6 +172,7 @@ class MountService:
 
     def close_all(self) -> None:
         """Close every opened restore point and its folder (server shutdown); the records stay."""
+        self._shared.close_all()
         with self._lock:
             opened = list(self._opened.values())
             self._opened.clear()
@@ -239,17 +200,21 @@ class MountService:
             self._shared.release(opened)
             return TaskOutcome(False, "Cancelled")
 
+        # The kernel mounts the folder while the mount is recorded.
+        pending = self._start_attach(point, opened)
         try:
             recorded = self._record(session_id, point, opened)
         except Exception:
+            self._abandon(pending)
             self._shared.release(opened)
             raise
         if recorded is None:
+            self._abandon(pending)
             self._shared.release(opened)
             return TaskOutcome(False, "The logon session ended before the mount finished")
         row_id, number = recorded
 
-        message = "Ok; " + self._attach(row_id, point, opened)
+        message = "Ok; " + self._finish_attach(row_id, opened, pending)
         if opened.skipped:
             message += "; volumes not mounted: " + "; ".join(opened.skipped)
         log.info(
@@ -264,28 +229,52 @@ class MountService:
     def _record(
         self, session_id: str, point: RestorePoint, opened: OpenedRestorePoint
     ) -> tuple[int, int] | None:
-        with self._records, self.db.session() as session:
-            if session.get(LogonSessionRow, session_id) is None:
+        with self._records, self.db.connection() as connection:
+            alive = connection.execute(
+                select(LogonSessionRow.id).where(LogonSessionRow.id == session_id)
+            ).first()
+            if alive is None:
                 return None
-            highest = session.scalar(
+            highest = connection.execute(
                 select(func.max(MountRow.number)).where(MountRow.restore_point_id == point.id)
-            )
-            row = MountRow(
-                restore_point_id=point.id, number=(highest or 0) + 1, session_id=session_id
-            )
-            session.add(row)
-            session.flush()
-            row_id, number = row.id, row.number
+            ).scalar()
+            number = (highest or 0) + 1
+            row_id = connection.execute(
+                insert(MountRow)
+                .values(
+                    restore_point_id=point.id,
+                    number=number,
+                    session_id=session_id,
+                    released=False,
+                    created=utcnow(),
+                )
+                .returning(MountRow.id)
+            ).scalar_one()
         with self._lock:
             self._opened[row_id] = opened
         return row_id, number
 
     def _attach(self, row_id: int, point: RestorePoint, opened: OpenedRestorePoint) -> str:
         """Serve a mount's files as a folder under the FLR root; say where, or why not."""
+        return self._finish_attach(row_id, opened, self._start_attach(point, opened))
+
+    def _start_attach(self, point: RestorePoint, opened: OpenedRestorePoint) -> PendingFolder | str:
+        """Start mounting a mount's folder under the FLR root, or say why there is none."""
         if self.folders is None:
             return "no FUSE folder: no FLR root configured"
         try:
-            folder = self.folders.attach(point.machine, opened.files, point.created.timestamp())
+            return self.folders.start_attach(point.machine, opened.files, point.created.timestamp())
+        except FolderUnavailable as exc:
+            return f"no FUSE folder: {exc}"
+
+    def _finish_attach(
+        self, row_id: int, opened: OpenedRestorePoint, pending: PendingFolder | str
+    ) -> str:
+        """Give a mount the folder once mounted; say where it is, or why there is none."""
+        if isinstance(pending, str):
+            return pending
+        try:
+            folder = pending.wait()
         except FolderUnavailable as exc:
             return f"no FUSE folder: {exc}"
         with self._lock:
@@ -297,6 +286,16 @@ class MountService:
             self._detach(folder)
             return "no FUSE folder: unmounted while the folder was being made"
         return f"folder: {folder.path}"
+
+    def _abandon(self, pending: PendingFolder | str) -> None:
+        """Remove the folder of a mount that did not come about."""
+        if isinstance(pending, str):
+            return
+        try:
+            folder = pending.wait()
+        except FolderUnavailable:
+            return  # gone already
+        self._detach(folder)
 
     def _detach(self, folder: FlrFolder) -> None:
         if self.folders is not None:

@@ -36,6 +36,8 @@ class Settings:
     # None: <data_dir>/flr.
     flr_root: Path | None = None
     flr_allow_other: bool = False
+    # Seconds a restore point stays open after its last unmount; 0 closes it at once.
+    keep_open: float = 60.0
 
 
 @dataclass
@@ -66,7 +68,7 @@ class Services:
             settings.data_dir / "flr-folders.json",
             allow_other=settings.flr_allow_other,
         )
-        mounts = MountService(db, catalog, tasks, folders)
+        mounts = MountService(db, catalog, tasks, folders, keep_open=settings.keep_open)
 
         def session_ended(session_id: str) -> None:
             mounts.release_session(session_id)

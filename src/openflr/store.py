@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     Boolean,
+    Connection,
     DateTime,
     Integer,
     String,
@@ -145,6 +146,16 @@ class Database:
         """Yield a database session that commits on success and rolls back on error."""
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """Yield a connection in a transaction that commits on success, for hot paths.
+
+        A statement through the ORM session costs a few hundred microseconds more than the same
+        statement on a connection; a warm mount makes several, and takes about five ms in all.
+        """
+        with self.engine.begin() as connection:
+            yield connection
 
     def close(self) -> None:
         """Release the connection pool."""

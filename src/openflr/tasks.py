@@ -7,8 +7,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Row, delete, insert, select, update
 
 from openflr.store import Database, TaskRow, utcnow
 
@@ -66,6 +67,7 @@ class TaskService:
         self.db = db
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openflr-task")
         self._cancelled: set[int] = set()
+        self._running: dict[int, _Pending] = {}
         self._lock = threading.Lock()
 
     def recover(self) -> None:
@@ -89,18 +91,35 @@ class TaskService:
         guest_path: str | None = None,
     ) -> Task:
         """Record a Running task and run ``work(task_number)`` in the background."""
-        row = TaskRow(
+        now = utcnow()
+        with self.db.connection() as connection:
+            number = connection.execute(
+                insert(TaskRow)
+                .values(
+                    session_id=session_id,
+                    operation=operation,
+                    state="Running",
+                    restore_point_id=restore_point_id,
+                    mount_number=mount_number,
+                    guest_path=guest_path,
+                    created=now,
+                    updated=now,
+                )
+                .returning(TaskRow.id)
+            ).scalar_one()
+        task = Task(
+            id=number,
             session_id=session_id,
             operation=operation,
             state="Running",
+            success=None,
+            message=None,
             restore_point_id=restore_point_id,
             mount_number=mount_number,
             guest_path=guest_path,
         )
-        with self.db.session() as session:
-            session.add(row)
-            session.flush()
-            task = _to_task(row)
+        with self._lock:
+            self._running[task.id] = _Pending()
         log.info(
             "task %s %s Running (session %s, restore point %s, mount %s)",
             task.task_id,
@@ -111,6 +130,20 @@ class TaskService:
         )
         self._pool.submit(self._run, task.id, work)
         return task
+
+    def settle(self, task: Task, timeout: float) -> Task:
+        """Wait up to ``timeout`` seconds for a task to finish; return it as it is then.
+
+        A task whose work takes a few milliseconds (mounting a restore point that is open
+        already) can then be answered Finished at once, and its client need not poll.
+        """
+        with self._lock:
+            pending = self._running.get(task.id)
+        if pending is None:
+            return self.get(task.session_id, task.id) or task  # it ended already
+        if not pending.ended.wait(timeout):
+            return task
+        return pending.finished or task
 
     def get(self, session_id: str, number: int) -> Task | None:
         """Return a task of this logon session, or None."""
@@ -169,21 +202,34 @@ class TaskService:
         except Exception as exc:  # a task reports its failure; it never kills the worker
             log.exception("task task-%d failed unexpectedly", number)
             outcome = TaskOutcome(False, f"Internal error ({type(exc).__name__}); see the log.")
-        self._finish(number, outcome)
+        finished = self._finish(number, outcome)
         with self._lock:
             self._cancelled.discard(number)
+            pending = self._running.pop(number, None)
+        if pending is not None:
+            pending.finished = finished
+            pending.ended.set()
 
-    def _finish(self, number: int, outcome: TaskOutcome) -> None:
-        with self.db.session() as session:
-            row = session.get(TaskRow, number)
-            if row is None:
-                return
-            row.state = "Finished"
-            row.success = outcome.success
-            row.message = outcome.message
-            if outcome.mount_number is not None:
-                row.mount_number = outcome.mount_number
-            row.updated = utcnow()
+    def _finish(self, number: int, outcome: TaskOutcome) -> Task | None:
+        """Record a task's outcome; return the task as it now is, or None if it was removed."""
+        values: dict[str, object] = {
+            "state": "Finished",
+            "success": outcome.success,
+            "message": outcome.message,
+            "updated": utcnow(),
+        }
+        if outcome.mount_number is not None:
+            values["mount_number"] = outcome.mount_number
+        with self.db.connection() as connection:
+            row = connection.execute(
+                update(TaskRow)
+                .where(TaskRow.id == number)
+                .values(values)
+                .returning(*TaskRow.__table__.columns)
+            ).first()
+        if row is None:
+            return None
+        finished = _to_task(row)
         log.info(
             "task task-%d Finished success=%s mount %s: %s",
             number,
@@ -191,9 +237,18 @@ class TaskService:
             outcome.mount_number,
             outcome.message,
         )
+        return finished
 
 
-def _to_task(row: TaskRow) -> Task:
+class _Pending:
+    """A task whose work runs: set ``ended`` when it is over, with the task as it finished."""
+
+    def __init__(self) -> None:
+        self.ended = threading.Event()
+        self.finished: Task | None = None
+
+
+def _to_task(row: TaskRow | Row[Any]) -> Task:
     return Task(
         id=row.id,
         session_id=row.session_id,
