@@ -94,7 +94,7 @@ class AuditLog:
                             session_id=session,
                             restore_point_id=restore_point,
                             restore_point_name=restore_point_name,
-                            guest_path=guest_path,
+                            guest_path=_storable(guest_path),
                             bytes_sent=bytes_sent,
                             outcome=outcome,
                         )
@@ -126,3 +126,11 @@ class AuditLog:
                 bytes_sent=row.bytes_sent,
                 outcome=row.outcome,
             )
+
+
+def _storable(text: str | None) -> str | None:
+    """A guest path the database can store: bytes a Linux name held that were no UTF-8 (kept
+    as surrogates) become ``\\xe9`` escapes, as the JSON line shows them (``\\udce9``)."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
