@@ -288,7 +288,8 @@ def test_every_file_of_a_volume_whose_mft_is_in_pieces_lists_and_reads(client: E
 
 @pytest.mark.parametrize("name", sorted(images.RICH_WOF))
 def test_wof_compressed_file_downloads_byte_exact(client: EmClient, rich: dict, name: str) -> None:
-    """V10: XPRESS4K, 8K and 16K (``compact /exe``): whole, and a range across chunks."""
+    """V10: XPRESS4K, 8K, 16K and LZX (``compact /exe:<algorithm>``), compressed by wimlib:
+    whole, and a range across chunks."""
     content = images.rich_wof_content()
     entry = walk_to(client, rich, f"C:/wof/{name}")
     assert int(entry["Size"]) == len(content)
@@ -299,14 +300,14 @@ def test_wof_compressed_file_downloads_byte_exact(client: EmClient, rich: dict, 
     assert part.content == content[70000:110001]
 
 
-def test_wof_file_compressed_with_lzx_is_a_clear_error(client: EmClient, rich: dict) -> None:
-    url = f"{rich['Href']}/C:/wof/{images.RICH_WOF_LZX}?action=download"
+def test_wof_file_of_an_unknown_algorithm_is_a_clear_error(client: EmClient, rich: dict) -> None:
+    url = f"{rich['Href']}/C:/wof/{images.RICH_WOF_UNKNOWN}?action=download"
     for method in ("GET", "HEAD"):  # HEAD fails as GET does, not 200
         response = client.http.request(method, url, headers=client._headers())
         assert response.status_code == 500
     with pytest.raises(ApiFailure) as refused:
         client.request("GET", url)
-    assert "LZX" in refused.value.response.json()["Message"]
+    assert "algorithm 9" in refused.value.response.json()["Message"]
 
 
 def test_a_wof_chunk_claiming_a_huge_match_is_refused_at_once() -> None:
