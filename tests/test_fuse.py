@@ -276,6 +276,33 @@ def test_folder_is_gone_after_idle_expiry(fuse_ok: None, tmp_path: Path, reposit
         srv.stop()
 
 
+def test_reading_the_folder_keeps_the_session_alive(
+    fuse_ok: None, tmp_path: Path, repository: Path, source_tree: Path
+) -> None:
+    """A slow copy through the folder with no API call, longer than the idle timeout (2 s):
+    the session and its folder last, because reading is using them."""
+    srv = Server(
+        tmp_path / "data", [repository], "--flr-root", str(tmp_path / "flr"),
+        "--session-timeout", "2",
+    ).start()  # fmt: skip
+    try:
+        client = EmClient(srv.base)
+        client.logon(USER, PASSWORD)
+        _, message = mount_point(client, "volbox@")
+        big = folder_of(message) / images.BIG_NAME
+        expected = (source_tree / images.BIG_NAME).read_bytes()
+        step = 1 << 20  # a fresh MiB each time: the kernel's cache cannot answer for FUSE
+        with big.open("rb", buffering=0) as fh:
+            for i in range(10):  # 10 reads, 0.5 s apart: 5 s, over twice the timeout
+                fh.seek(i * step)
+                assert fh.read(4096) == expected[i * step : i * step + 4096]
+                time.sleep(0.5)
+        assert client.http.get(srv.base + "tasks", headers=client._headers()).status_code == 200
+        client.logoff()
+    finally:
+        srv.stop()
+
+
 def test_parallel_readers_get_exact_bytes_and_the_api_stays_responsive(
     flr_server: Server, source_tree: Path
 ) -> None:

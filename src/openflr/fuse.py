@@ -48,6 +48,7 @@ __all__ = ["FlrFolder", "FlrFolders", "FolderUnavailable", "PendingFolder", "fol
 _ENTRY_TIMEOUT = 3600
 _NEGATIVE_TIMEOUT = 60
 _MOUNT_WAIT = 15.0
+_ACTIVITY_EVERY = 1.0
 _UNMOUNT_WAIT = 5.0
 _MAX_SAME_NAME = 1000
 # A machine name is cut to this many bytes so that a suffix like "_999" still fits in the
@@ -185,7 +186,13 @@ class FlrFolders:
         """
         return self.start_attach(machine, files, created).wait()
 
-    def start_attach(self, machine: str, files: GuestFileSystem, created: float) -> PendingFolder:
+    def start_attach(
+        self,
+        machine: str,
+        files: GuestFileSystem,
+        created: float,
+        on_activity: Callable[[], None] | None = None,
+    ) -> PendingFolder:
         """Make a folder for a mount and start mounting it; :meth:`PendingFolder.wait` ends it.
 
         The kernel's part of a FUSE mount takes most of a millisecond; the caller can do other
@@ -197,7 +204,7 @@ class FlrFolders:
         if self.unavailable is not None:
             raise FolderUnavailable(self.unavailable)
         path = self._make_folder(folder_name(machine))
-        operations = _Operations(files, created, self.allow_other)
+        operations = _Operations(files, created, self.allow_other, on_activity)
         options: dict[str, Any] = {
             "foreground": True,
             "ro": True,
@@ -308,13 +315,20 @@ class _Operations:
     ``EROFS`` before it reaches this class.
     """
 
-    # TODO: reads through the folder do not refresh the logon session's idle time; a long copy
-    # with no API call ends when the session expires, and the folder goes with it.
-
     use_ns = True
 
-    def __init__(self, files: GuestFileSystem, created: float, allow_other: bool) -> None:
+    def __init__(
+        self,
+        files: GuestFileSystem,
+        created: float,
+        allow_other: bool,
+        on_activity: Callable[[], None] | None = None,
+    ) -> None:
         self.ready = threading.Event()
+        # Opening and reading files tells the mount's logon session it is in use, at most every
+        # _ACTIVITY_EVERY seconds: a long copy through the folder keeps the session alive.
+        self._on_activity = on_activity
+        self._last_activity = 0.0
         self._files = files
         self._mtime = int(created * _NS)
         self._uid = os.getuid()
@@ -412,9 +426,19 @@ class _Operations:
         relative = "/".join([".."] * (len(parent) - common) + resolved[common:])
         return relative or "."
 
+    def _used(self) -> None:
+        now = time.monotonic()
+        if self._on_activity is not None and now - self._last_activity >= _ACTIVITY_EVERY:
+            self._last_activity = now
+            try:
+                self._on_activity()
+            except Exception:  # the read itself must not fail for it
+                log.warning("recording FLR folder activity failed", exc_info=True)
+
     def open(self, path: str, flags: int) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise OSError(errno.EROFS, "read-only")
+        self._used()
         stream = self._engine(self._files.open, self._guest_path(path))
         with self._handles_lock:
             handle = self._next_handle
@@ -423,6 +447,7 @@ class _Operations:
         return handle
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        self._used()
         stream, lock = self._handles[fh]
         try:
             # Reads of one open file may come from several FUSE threads at once.

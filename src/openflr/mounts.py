@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import func, insert, or_, select
@@ -65,6 +66,9 @@ class MountService:
         # Mount records change under this lock: numbering reads the highest number and inserts
         # the next, and an unmount must find a live record exactly once.
         self.audit: AuditLog | None = None
+        # Called with a mount's logon session id when its FLR folder is read: reading there is
+        # using the session, as an API request is. Set by the services once sessions exist.
+        self.on_folder_activity: Callable[[str], None] | None = None
         self._records = threading.Lock()
 
     def start_mount(
@@ -201,7 +205,7 @@ class MountService:
             return TaskOutcome(False, "Cancelled")
 
         # The kernel mounts the folder while the mount is recorded.
-        pending = self._start_attach(point, opened)
+        pending = self._start_attach(point, opened, session_id)
         try:
             recorded = self._record(session_id, point, opened)
         except Exception:
@@ -254,16 +258,27 @@ class MountService:
             self._opened[row_id] = opened
         return row_id, number
 
-    def _attach(self, row_id: int, point: RestorePoint, opened: OpenedRestorePoint) -> str:
+    def _attach(
+        self, row_id: int, point: RestorePoint, opened: OpenedRestorePoint, session_id: str
+    ) -> str:
         """Serve a mount's files as a folder under the FLR root; say where, or why not."""
-        return self._finish_attach(row_id, opened, self._start_attach(point, opened))
+        return self._finish_attach(row_id, opened, self._start_attach(point, opened, session_id))
 
-    def _start_attach(self, point: RestorePoint, opened: OpenedRestorePoint) -> PendingFolder | str:
+    def _start_attach(
+        self, point: RestorePoint, opened: OpenedRestorePoint, session_id: str
+    ) -> PendingFolder | str:
         """Start mounting a mount's folder under the FLR root, or say why there is none."""
         if self.folders is None:
             return "no FUSE folder: no FLR root configured"
+
+        def used() -> None:
+            if self.on_folder_activity is not None:
+                self.on_folder_activity(session_id)
+
         try:
-            return self.folders.start_attach(point.machine, opened.files, point.created.timestamp())
+            return self.folders.start_attach(
+                point.machine, opened.files, point.created.timestamp(), on_activity=used
+            )
         except FolderUnavailable as exc:
             return f"no FUSE folder: {exc}"
 
@@ -318,7 +333,7 @@ class MountService:
                 self._shared.release(opened)
                 opened = current
             else:
-                outcome = self._attach(row_id, point, opened)
+                outcome = self._attach(row_id, point, opened, session_id)
                 log.info("mount %s@%d reopened; %s", point.id, number, outcome)
         return Mount(
             row_id=row_id, restore_point=point, number=number, session_id=session_id, opened=opened

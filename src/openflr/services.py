@@ -77,6 +77,7 @@ class Services:
         audit = AuditLog(db, settings.data_dir)
         mounts.audit = audit
         sessions = SessionService(db, settings.session_timeout, on_end=session_ended, audit=audit)
+        mounts.on_folder_activity = sessions.touch
         throttle = LogonThrottle(cap=settings.logon_backoff_cap)
         return cls(settings, db, UserService(db), catalog, tasks, mounts, sessions, audit, throttle)
 

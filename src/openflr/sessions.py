@@ -212,6 +212,14 @@ class SessionService:
                 if row is not None:
                     row.last_seen = utcnow()
 
+    def touch(self, session_id: str) -> None:
+        """Restart a session's idle time: it was used other than through the API (its FLR
+        folder was read)."""
+        with self.db.session() as session:
+            row = session.get(LogonSessionRow, session_id)
+            if row is not None:
+                row.last_seen = utcnow()
+
     def _is_busy(self, session_id: str) -> bool:
         with self._busy_lock:
             return self._busy.get(session_id, 0) > 0
