@@ -45,9 +45,6 @@ def ntfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     require_tools((*images.REQUIRED_TOOLS, "ntfscp", "ntfsinfo", "hivexsh"))
     repo = tmp_path_factory.mktemp("ntfs")
     images.build_ntfs_points(repo)
-    if images.ntfs3g_missing() is None:
-        images.build_ntfs_rich_point(repo)
-        images.build_ntfs_fragmented_mft_point(repo)
     srv = Server(tmp_path_factory.mktemp("ntfs-data"), [repo]).start()
     yield srv
     srv.stop()
