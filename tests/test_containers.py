@@ -23,6 +23,7 @@ from tests.conftest import (
 )
 from tests.emclient import EmClient, link, walk_to
 from tests.fixtures import images
+from tests.runs import check_points
 
 HELLO = b"Hello from a layout restore point.\n"
 # SHA-256 of big.bin: 3 MiB from the fixture's seeded generator (seed 0x1A70).
@@ -160,3 +161,15 @@ def test_vmdk_whose_parent_is_missing_fails_the_mount_naming_it(client: EmClient
         "Cannot mount vmdkmissing@2026-11-30 22:00:00: disk0.vmdk: its parent disk "
         "'disk0-000001.vmdk' is missing from the restore point's folder"
     )
+
+
+def test_container_files_map_to_runs_that_hold_their_bytes(container_repo: Path) -> None:
+    """Plain-HTTP downloads send a file's runs that lie as they are in the image file with
+    sendfile. The runs of every file, whole and in odd ranges, hold the bytes a read gives; in
+    VHDX and QCOW2 the data of big.bin is such a run, and zeros.bin's zero-state 1 MiB blocks are
+    zeros that nothing reads."""
+    seen = check_points(container_repo)
+    assert set(seen) >= set(images.CONTAINER_POINTS)
+    for machine in ("vhdxfixed", "vhdxdynamic", "qcow2compressed"):
+        assert seen[machine]["FileRun"] >= 2, (machine, seen[machine])
+        assert seen[machine]["ZeroRun"] >= 1, (machine, seen[machine])

@@ -27,6 +27,7 @@ from tests.conftest import (
 )
 from tests.emclient import ApiFailure, EmClient, walk_to
 from tests.fixtures import images
+from tests.runs import check_points
 
 HELLO = b"Hello from a layout restore point.\n"
 NESTED = b"A nested file of a layout restore point.\n"
@@ -352,3 +353,13 @@ def test_linux_owner_is_the_user_name_from_the_guest_passwd(server: Server) -> N
     assert walk_to(em, linux, "/etc/passwd")["Owner"] == "root"
     assert walk_to(em, linux, "/home/user/hello.txt")["Owner"] == "root"
     em.logoff()
+
+
+def test_layout_files_map_to_runs_that_hold_their_bytes(layout_server: Server) -> None:
+    """The runs plain-HTTP downloads send with sendfile hold, for every file of every layout
+    (NTFS compressed and sparse files, LVM, XFS, Btrfs, FAT, exFAT ...), whole and in odd
+    ranges, the bytes a read gives; raw images of partitioned disks send straight from the
+    image file."""
+    seen = check_points(layout_server.repositories[0])
+    assert len(seen) >= 10, sorted(seen)
+    assert sum(kinds["FileRun"] for kinds in seen.values()) > 0, seen

@@ -22,6 +22,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from typing import Any, BinaryIO
 from dissect.util.stream import AlignedStream
 
 from openflr.engine.errors import BackupError
+from openflr.engine.extents import FileRun, Run, StreamRun, ZeroRun
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,9 @@ class _SectorStream(AlignedStream):  # type: ignore[misc]
         size: The disk's size in bytes.
         sector_size: The container's logical sector size.
         block_size: Reads are cut at multiples of this (``None``: not cut).
+        block_runs: Where a block lies in the image: ``(block) -> (file, offset)`` for a block
+            stored as it is, ``(None, 0)`` for one that reads as zeros, ``None`` for one only
+            ``read_sectors`` can read (``None``: no block is mapped).
     """
 
     def __init__(
@@ -64,11 +69,32 @@ class _SectorStream(AlignedStream):  # type: ignore[misc]
         size: int,
         sector_size: int = _SECTOR,
         block_size: int | None = None,
+        block_runs: Callable[[int], tuple[BinaryIO | None, int] | None] | None = None,
     ) -> None:
         self._read_sectors = read_sectors
         self._sector_size = sector_size
         self._block_size = block_size
+        self._block_runs = block_runs
         super().__init__(size)
+
+    def map_runs(self, offset: int, length: int) -> list[Run]:
+        """Where ``length`` bytes from ``offset`` lie (see :mod:`openflr.engine.extents`)."""
+        if self._block_runs is None or not self._block_size:
+            return [StreamRun(self, offset, length)]
+        runs: list[Run] = []
+        end = offset + length
+        while offset < end:
+            block, inside = divmod(offset, self._block_size)
+            take = min(end, (block + 1) * self._block_size) - offset
+            where = self._block_runs(block)
+            if where is None:
+                runs.append(StreamRun(self, offset, take))
+            elif where[0] is None:
+                runs.append(ZeroRun(take))
+            else:
+                runs.append(FileRun(where[0], where[1] + inside, take))
+            offset += take
+        return runs
 
     def _read(self, offset: int, length: int) -> bytes:
         length = max(0, min(length, self.size - offset))
@@ -124,8 +150,32 @@ def _open_vhdx(path: Path) -> tuple[BinaryIO, int, Any]:
     vhdx = VHDX(path.open("rb"))
     # _sectors_per_block is the block size the BAT maps; dissect keeps it private.
     block = int(vhdx._sectors_per_block) * int(vhdx.sector_size)
-    stream = _SectorStream(vhdx.read_sectors, int(vhdx.size), int(vhdx.sector_size), block)
+    stream = _SectorStream(
+        vhdx.read_sectors,
+        int(vhdx.size),
+        int(vhdx.sector_size),
+        block,
+        functools.partial(_vhdx_block, vhdx),
+    )
     return stream, int(vhdx.size), vhdx
+
+
+def _vhdx_block(vhdx: Any, block: int) -> tuple[BinaryIO | None, int] | None:
+    """Where a VHDX payload block lies, as ``VHDX.read_sectors`` reads it ([MS-VHDX] 2.5.1)."""
+    from dissect.hypervisor.disk.c_vhdx import c_vhdx
+
+    state = vhdx.bat.pb(block).state
+    if state == c_vhdx.PAYLOAD_BLOCK_FULLY_PRESENT:
+        return vhdx.fh, int(vhdx.bat.pb(block).file_offset_mb) * (1 << 20)
+    if state == c_vhdx.PAYLOAD_BLOCK_NOT_PRESENT and vhdx.parent is None:
+        return None, 0
+    if state in (
+        c_vhdx.PAYLOAD_BLOCK_UNDEFINED,
+        c_vhdx.PAYLOAD_BLOCK_ZERO,
+        c_vhdx.PAYLOAD_BLOCK_UNMAPPED,
+    ):
+        return None, 0
+    return None  # in a parent disk, or partly present: read through dissect
 
 
 def _open_vmdk(path: Path) -> tuple[BinaryIO, int, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import os
 import stat as stat_module
 import threading
 import unicodedata
@@ -28,6 +29,7 @@ from openflr.engine.errors import (
     NotAFolder,
 )
 from openflr.engine.ext import ExtNode, inline_data, list_ext_folder, open_ext_file
+from openflr.engine.extents import FileRun, Run, StreamRun, map_runs
 from openflr.engine.fat import open_exfat_file
 from openflr.engine.letters import registry_letters
 from openflr.engine.ntfs_index import NtfsNode, list_ntfs_folder
@@ -37,7 +39,14 @@ from openflr.engine.wof import WOF_TAG, WofStream, open_wof
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GuestEntry", "GuestFileStream", "GuestFileSystem", "Volume", "find_volumes"]
+__all__ = [
+    "GuestEntry",
+    "GuestFileStream",
+    "GuestFileSystem",
+    "HostFile",
+    "Volume",
+    "find_volumes",
+]
 
 EntryKind = Literal["file", "dir", "symlink"]
 
@@ -680,7 +689,47 @@ class GuestFileStream:
         self._fh = fh
         self._lock = lock
         self._pos = 0
+        self._host_files: dict[int, tuple[Any, HostFile]] = {}
         self.guest_path = guest_path
+
+    def runs(self, offset: int, length: int) -> list[Run]:
+        """Where ``length`` bytes from ``offset`` lie (see :mod:`openflr.engine.extents`).
+
+        A :class:`FileRun`'s file is a :class:`HostFile` of this stream's own, which stays
+        open, whatever happens to the restore point, until this stream is closed: a send from it
+        never reads another file that took the number of a closed one.
+
+        Raises:
+            GuestFileUnreadable: the stream is closed, or its layers cannot be mapped.
+        """
+        with self._lock:
+            try:
+                runs = map_runs(self._fh, offset, length)
+                return [
+                    FileRun(self._host_file(run.file), run.offset, run.length)
+                    if isinstance(run, FileRun)
+                    else run
+                    for run in runs
+                ]
+            except Exception as exc:
+                raise GuestFileUnreadable(self.guest_path, str(exc) or type(exc).__name__) from exc
+
+    def read_run(self, run: StreamRun, skip: int, size: int) -> bytes:
+        """Read ``size`` bytes of a :class:`StreamRun` of this stream, ``skip`` bytes into it."""
+        with self._lock:
+            try:
+                if isinstance(self._fh, _ClosedStream):
+                    self._fh.read()
+                run.stream.seek(run.offset + skip)
+                return bytes(run.stream.read(size))
+            except Exception as exc:
+                raise GuestFileUnreadable(self.guest_path, str(exc) or type(exc).__name__) from exc
+
+    def _host_file(self, file: Any) -> HostFile:
+        known = self._host_files.get(id(file))
+        if known is None:
+            known = self._host_files[id(file)] = (file, HostFile(os.dup(file.fileno())))
+        return known[1]
 
     def read(self, size: int = -1) -> bytes:
         with self._lock:
@@ -706,13 +755,36 @@ class GuestFileStream:
         return self._pos
 
     def close(self) -> None:
-        self._fh = _ClosedStream(self.guest_path)  # type: ignore[assignment]
+        with self._lock:
+            self._fh = _ClosedStream(self.guest_path)  # type: ignore[assignment]
+            for _file, host_file in self._host_files.values():
+                host_file.close()
+            self._host_files.clear()
 
     def __enter__(self) -> GuestFileStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class HostFile:
+    """A descriptor of its own on an image file of the host, for ``sendfile``."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        if self._fd < 0:
+            raise ValueError("host file is closed")
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    __del__ = close
 
 
 class _ClosedStream:

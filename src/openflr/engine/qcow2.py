@@ -24,6 +24,8 @@ from typing import Any
 
 from dissect.util.stream import AlignedStream
 
+from openflr.engine.extents import FileRun, Run, StreamRun, ZeroRun
+
 log = logging.getLogger(__name__)
 
 __all__ = ["cluster_run_stream"]
@@ -131,6 +133,23 @@ class ClusterRunStream(AlignedStream):  # type: ignore[misc]
                 parts.append(self._fh.read(count))
             offset = run_end
         return b"".join(parts)
+
+    def map_runs(self, offset: int, length: int) -> list[Run]:
+        """Where ``length`` bytes from ``offset`` lie, as :meth:`_read` reads them."""
+        runs: list[Run] = []
+        size, bits = self._cluster_size, self._cluster_bits
+        end = min(offset + length, self.size)
+        while offset < end:
+            entry = self._entry(offset >> bits)
+            take = min(((offset >> bits) + 1) << bits, end) - offset
+            if entry & _COMPRESSED:
+                runs.append(StreamRun(self._fallback, offset, take))
+            elif _is_zero(entry):
+                runs.append(ZeroRun(take))
+            else:
+                runs.append(FileRun(self._fh, (entry & _OFFSET_MASK) + offset % size, take))
+            offset += take
+        return runs
 
 
 def _is_zero(entry: int) -> bool:

@@ -1,0 +1,187 @@
+"""Where a guest file's bytes lie in the backup files, so that a download can send them unread.
+
+A guest file is read through a stack of streams: the file system's runlist over a partition's
+range of the disk, over the container's block map, over the image file on the host. Where every
+layer of that stack is one this module knows, a range of the file maps to runs of three kinds:
+
+- :class:`FileRun`: bytes that lie as they are in a host file (the kernel can send them from
+  the page cache to the socket: ``sendfile``);
+- :class:`ZeroRun`: bytes that read as zeros (a sparse run, a block the image never stored);
+- :class:`StreamRun`: bytes only a stream can make (a compressed cluster, a Veeam block, a
+  layer this module does not know), read through that stream as before.
+
+The runs of a range hold exactly the bytes a read of that range gives: each mapper below follows
+its stream's own ``_read``. Where a layer would give fewer bytes than asked (a file system whose
+runs end early, a range past a partition's end), the whole range is left to the stream, so that
+such damage is handled in one place, the stream's read.
+
+Mapping reads block maps through the shared image file handles: callers hold the restore point's
+lock while mapping, as they do while reading. Sending a :class:`FileRun` needs no lock: it reads
+at an offset (``pread`` semantics) and moves no shared position.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dissect.target.containers.raw import RawContainer
+from dissect.util.stream import BufferedStream, RangeStream, RelativeStream, RunlistStream
+
+__all__ = ["FileRun", "Run", "StreamRun", "ZeroRun", "map_runs"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileRun:
+    """``length`` bytes at ``offset`` of a host file, as they are (``file`` has ``fileno()``)."""
+
+    file: Any
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class ZeroRun:
+    """``length`` bytes that read as zeros."""
+
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRun:
+    """``length`` bytes at ``offset`` of a stream, read through it."""
+
+    stream: Any
+    offset: int
+    length: int
+
+
+Run = FileRun | ZeroRun | StreamRun
+
+
+class _ShortMap(Exception):
+    """A layer gives fewer bytes than asked: the range is left to the stream."""
+
+
+def map_runs(stream: Any, offset: int, length: int) -> list[Run]:
+    """The runs that hold ``length`` bytes of ``stream`` from ``offset``.
+
+    ``length`` is cut at the stream's size. The caller holds the lock that guards the stream's
+    layers.
+    """
+    size = getattr(stream, "size", None)
+    if isinstance(size, int) and size >= 0:
+        length = max(0, min(length, size - offset))
+    if length <= 0:
+        return []
+    try:
+        return _merge(_map(stream, offset, length))
+    except _ShortMap:
+        return [StreamRun(stream, offset, length)]
+
+
+def _map(stream: Any, offset: int, length: int) -> list[Run]:
+    """The runs of exactly ``length`` bytes of ``stream`` from ``offset``, or :class:`_ShortMap`."""
+    if length <= 0:
+        return []
+    mapper = _MAPPERS.get(type(stream))
+    if mapper is not None:
+        return mapper(stream, offset, length)
+    own = getattr(stream, "map_runs", None)
+    if callable(own):
+        runs = _resolve(own(offset, length))
+        if sum(run.length for run in runs) != length:
+            raise _ShortMap
+        return runs
+    return [StreamRun(stream, offset, length)]
+
+
+def _resolve(runs: list[Run]) -> list[Run]:
+    """Map further the runs a layer gives through its own lower streams."""
+    out: list[Run] = []
+    for run in runs:
+        if isinstance(run, StreamRun) and _MAPPERS.get(type(run.stream)) is not None:
+            out.extend(_map(run.stream, run.offset, run.length))
+        else:
+            out.append(run)
+    return out
+
+
+def _host_file(fh: Any, offset: int, length: int) -> list[Run]:
+    """A file of the host: the end of the map. Past its end, its read would be short."""
+    try:
+        fh.fileno()
+    except (OSError, ValueError):  # a buffer over something that is no file
+        return [StreamRun(fh, offset, length)]
+    return [FileRun(fh, offset, length)]
+
+
+def _runlist(stream: RunlistStream, offset: int, length: int) -> list[Run]:
+    """A file system's runs (``RunlistStream._read``): block runs, ``None`` for a sparse run."""
+    block_size = stream.block_size
+    out: list[Run] = []
+    position = 0  # the first byte of the current run, in the stream
+    for block, count in stream.runlist:
+        run_size = count * block_size
+        run_end = position + run_size
+        if run_end > offset:
+            start = max(offset, position)
+            take = min(run_end, offset + length) - start
+            if block is None:
+                out.append(ZeroRun(take))
+            else:
+                out.extend(_map(stream._fh, block * block_size + start - position, take))
+            length -= take
+            offset += take
+            if length == 0:
+                return out
+        position = run_end
+    raise _ShortMap  # the runs end before the range does
+
+
+def _range(stream: RangeStream, offset: int, length: int) -> list[Run]:
+    """A range of another stream (``RangeStream._read``): a partition of a disk, say."""
+    if stream.size and offset + length > stream.size:
+        raise _ShortMap
+    return _map(stream._fh, stream.offset + offset, length)
+
+
+def _raw_container(container: RawContainer, offset: int, length: int) -> list[Run]:
+    """A raw image: its reads are those of the stream it keeps over the file."""
+    if offset + length > container.size:
+        raise _ShortMap
+    return _map(container.fh, offset, length)
+
+
+def _merge(runs: list[Run]) -> list[Run]:
+    """Join runs that follow each other: the same file at the next offset, zeros after zeros."""
+    out: list[Run] = []
+    for run in runs:
+        last = out[-1] if out else None
+        if isinstance(run, FileRun) and isinstance(last, FileRun):
+            if last.file is run.file and last.offset + last.length == run.offset:
+                out[-1] = FileRun(last.file, last.offset, last.length + run.length)
+                continue
+        elif isinstance(run, ZeroRun) and isinstance(last, ZeroRun):
+            out[-1] = ZeroRun(last.length + run.length)
+            continue
+        elif isinstance(run, StreamRun) and isinstance(last, StreamRun):
+            if last.stream is run.stream and last.offset + last.length == run.offset:
+                out[-1] = StreamRun(last.stream, last.offset, last.length + run.length)
+                continue
+        out.append(run)
+    return out
+
+
+_MAPPERS: dict[type, Callable[[Any, int, int], list[Run]]] = {
+    # Exact types only: a subclass (a compressed runlist, say) reads differently.
+    io.BufferedReader: _host_file,
+    io.FileIO: _host_file,
+    RunlistStream: _runlist,
+    RangeStream: _range,
+    RelativeStream: _range,
+    BufferedStream: _range,
+    RawContainer: _raw_container,
+}
