@@ -6,18 +6,23 @@ import io
 import json
 import os
 import shutil
+import socket
+import struct
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from lxml import etree
 
-from tests.conftest import PASSWORD, USER, Server, openflr, sha256_file
+from tests.conftest import PASSWORD, USER, Server, openflr, sha256, sha256_file
 from tests.emclient import NS, EmClient, link, walk_to
 from tests.fixtures import images
+
+MIB = 1 << 20
 
 
 def message(response: httpx.Response) -> str:
@@ -371,3 +376,61 @@ def test_page_numbers_past_int32_are_refused(server: Server) -> None:
     assert response.status_code == 400
     assert message(response) == "page must be from 1 to 2147483647, not 9223372036854775808."
     client.logoff()
+
+
+def _leave_after(url: str, token: str, count: int) -> int:
+    """GET ``url``, take ``count`` bytes of the answer, then drop the connection with a reset,
+    as a client that is killed does; returns the bytes taken."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        request = (
+            f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"X-RestSvcSessionId: {token}\r\n\r\n"
+        )
+        sock.sendall(request.encode())
+        got = 0
+        while got < count:
+            data = sock.recv(1 << 16)
+            if not data:
+                break
+            got += len(data)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return got
+
+
+def test_clients_that_leave_mid_download_leave_nothing_open(
+    tmp_path: Path, repository: Path, source_tree: Path
+) -> None:
+    """Plain-HTTP downloads go out with sendfile from the image file, on descriptors of their
+    own: clients that drop the connection a MiB into the 48 MiB file leave the server holding
+    no more descriptors than before, the next download is byte-exact, and each is audited as
+    interrupted."""
+    server = Server(tmp_path / "data", [repository]).start()
+    try:
+        assert server.process is not None
+        client = EmClient(server.base)
+        client.logon(USER, PASSWORD)
+        mount = client.mount(client.restore_point("winbox@"))
+        url = f"{mount['Href']}/C:/{images.BIG_NAME}?action=download"
+        want = sha256_file(source_tree / images.BIG_NAME)
+        assert sha256(client.request("GET", url).content) == want
+        assert _leave_after(url, client.token or "", MIB) >= MIB
+        time.sleep(1)
+        before = len(os.listdir(f"/proc/{server.process.pid}/fd"))
+
+        for _ in range(5):
+            assert _leave_after(url, client.token or "", MIB) >= MIB
+        deadline = time.monotonic() + 15
+        while len(os.listdir(f"/proc/{server.process.pid}/fd")) > before:
+            assert time.monotonic() < deadline, os.listdir(f"/proc/{server.process.pid}/fd")
+            time.sleep(0.2)
+        assert sha256(client.request("GET", url).content) == want
+        client.logoff()
+
+        listed = openflr("audit", "--data-dir", str(server.data_dir), "--json")
+        events = [json.loads(line) for line in listed.stdout.splitlines()]
+        outcomes = [e["outcome"] for e in events if e["event"] == "download"]
+        assert outcomes == ["complete"] + ["interrupted"] * 6 + ["complete"]
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()

@@ -213,6 +213,7 @@ def serve(
     import uvicorn
 
     from openflr.api.app import create_app
+    from openflr.api.zerocopy import ZeroCopySend
     from openflr.services import Services
 
     _configure_logging(log_level)
@@ -275,7 +276,8 @@ def serve(
         typer.echo(user_line)
 
     services.start()
-    application = create_app(services, on_shutdown=services.stop)
+    # Outside every other layer: zero-copy sends need the server's own connection.
+    application = ZeroCopySend(create_app(services, on_shutdown=services.stop))
     # The objects made so far (modules, classes, the services) live as long as the process;
     # out of the collector's sight, its full passes scan a fifth of the objects and pause a
     # request for about 15 ms instead of 60.

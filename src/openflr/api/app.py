@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote, unquote
 
+import anyio
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
@@ -41,9 +42,11 @@ from openflr.api.download import file_response, folder_response
 from openflr.api.errors import ApiError
 from openflr.api.inventory import Inventory
 from openflr.api.negotiation import parse_body, query, read_body
+from openflr.api.zerocopy import ZERO_COPY
 from openflr.catalog import RestorePoint
 from openflr.engine import GuestEntry
 from openflr.engine.errors import EngineError, GuestPathInvalid, GuestPathNotFound, NotAFolder
+from openflr.engine.extents import FileRun
 from openflr.mounts import Mount, MountGone
 from openflr.representation import Node, encode
 from openflr.representation import resources as rep
@@ -465,28 +468,30 @@ class _Api:
                 file_response, files, entry, request.headers.get("range"), head
             )
         if not head and isinstance(response, StreamingResponse):
-            response.body_iterator = self._audited(
+            response.body_iterator = self._audited(  # type: ignore[assignment]
                 response.body_iterator, request, access, mount, entry
             )
         return response
 
     async def _audited(
         self, body: Any, request: Request, access: Access, mount: Mount, entry: GuestEntry
-    ) -> AsyncIterator[bytes | str | memoryview]:
+    ) -> AsyncIterator[bytes | str | memoryview | FileRun]:
         """Pass a download's body through, then audit it with the bytes actually sent."""
         sent = 0
         outcome = "complete"
         try:
-            async for chunk in body:
-                sent += len(chunk)
-                yield chunk
+            async with contextlib.aclosing(body):
+                async for chunk in body:
+                    sent += chunk.length if isinstance(chunk, FileRun) else len(chunk)
+                    yield chunk
         except BaseException:
             outcome = "interrupted"
             raise
         finally:
-            await self._audit(
-                "download", request, access, mount, entry, bytes_sent=sent, outcome=outcome
-            )
+            with anyio.CancelScope(shield=True):
+                await self._audit(
+                    "download", request, access, mount, entry, bytes_sent=sent, outcome=outcome
+                )
 
     async def _audit(
         self,
@@ -866,6 +871,8 @@ class _RequestLog:
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+            elif message["type"] == ZERO_COPY:
+                sent += message["count"]
             await send(message)
 
         try:

@@ -7,12 +7,14 @@ buffer that is handed to the client as soon as it fills. Nothing holds a whole f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -20,8 +22,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from openflr.api.errors import ApiError
+from openflr.api.zerocopy import ZERO_COPY
 from openflr.engine import GuestEntry, GuestFileSystem
-from openflr.engine.errors import EngineError
+from openflr.engine.errors import EngineError, GuestFileUnreadable
+from openflr.engine.extents import FileRun, StreamRun, ZeroRun
+from openflr.engine.guest import GuestFileStream
 
 log = logging.getLogger(__name__)
 
@@ -109,33 +114,143 @@ def file_response(
         stream.close()
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
 
-    def chunks() -> Iterator[bytes]:
-        try:
-            stream.seek(start)
-            remaining = length
-            while remaining > 0:
-                data = stream.read(min(CHUNK, remaining))
-                if not data:
-                    # Ending here short of Content-Length makes the client see a broken
-                    # download instead of a file silently cut or padded.
-                    log.warning("%s: data ends %d bytes early", entry.path, remaining)
-                    return
-                remaining -= len(data)
-                yield data
-        except EngineError as exc:
-            log.warning("%s: read failed during download: %s", entry.path, exc)
-        finally:
-            stream.close()
-
-    return StreamingResponse(
-        read_ahead(chunks()),
+    return GuestFileResponse(
+        stream,
+        start,
+        length,
         status_code=status,
         headers=headers,
         media_type="application/octet-stream",
     )
 
 
-async def read_ahead(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+class ClosingStreamingResponse(StreamingResponse):
+    """A streamed response that closes its body when it ends, however it ends.
+
+    Starlette leaves a body whose client went away suspended, to be closed whenever the
+    collector gets to it: what the body does at its end (audit the download, close the guest
+    file) then happened late, or, when the close was cancelled, never.
+    """
+
+    async def stream_response(self, send: Any) -> None:
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            async for chunk in self.body_iterator:
+                await self.send_chunk(send, chunk)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError as exc:  # a send found the client gone; the connection is closed
+            log.debug("response ended: %s", exc)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await close()
+
+    async def send_chunk(self, send: Any, chunk: Any) -> None:
+        if isinstance(chunk, str):
+            chunk = chunk.encode(self.charset)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+class GuestFileResponse(ClosingStreamingResponse):
+    """A guest file's bytes, from ``start`` for ``length`` bytes.
+
+    Where the server offers zero-copy sends (:mod:`openflr.api.zerocopy`), the bytes that lie
+    as they are in an image file of the host are sent from it by the kernel, and only the rest
+    (zeros, compressed data, layers that cannot be mapped) is read here; elsewhere every byte is
+    read here, one chunk ahead of the one being sent.
+    """
+
+    def __init__(self, stream: GuestFileStream, start: int, length: int, **kwargs: Any) -> None:
+        self.zero_copy = False
+        # The body yields FileRuns too, which stream_response below sends.
+        super().__init__(self._body(stream, start, length), **kwargs)  # type: ignore[arg-type]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.zero_copy = ZERO_COPY in (scope.get("extensions") or {})
+        await super().__call__(scope, receive, send)
+
+    async def send_chunk(self, send: Any, chunk: Any) -> None:
+        if isinstance(chunk, FileRun):
+            message = {"file": chunk.file, "offset": chunk.offset, "count": chunk.length}
+            await send({"type": ZERO_COPY, **message, "more_body": True})
+        else:
+            await super().send_chunk(send, chunk)
+
+    async def _body(
+        self, stream: GuestFileStream, start: int, length: int
+    ) -> AsyncIterator[bytes | memoryview | FileRun]:
+        path = stream.guest_path
+        try:
+            if not self.zero_copy:
+                async with contextlib.aclosing(
+                    read_ahead(_chunks(stream, start, length))
+                ) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+                return
+            end = start + length
+            while start < end:
+                runs = await run_in_threadpool(stream.runs, start, min(_WINDOW, end - start))
+                if not runs:
+                    log.warning("%s: data ends %d bytes early", path, end - start)
+                    return
+                for run in runs:
+                    if isinstance(run, FileRun):
+                        yield run
+                    elif isinstance(run, ZeroRun):
+                        for done in range(0, run.length, CHUNK):
+                            yield _ZEROS[: min(CHUNK, run.length - done)]
+                    else:
+                        async with contextlib.aclosing(
+                            read_ahead(_run_chunks(stream, run))
+                        ) as chunks:
+                            async for chunk in chunks:
+                                yield chunk
+                    start += run.length
+        except EngineError as exc:
+            log.warning("%s: read failed during download: %s", path, exc)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(stream.close)
+
+
+# A file is mapped to runs this much at a time: few maps for a large file, little held at once.
+_WINDOW = 256 << 20
+_ZEROS = memoryview(bytes(CHUNK))
+
+
+def _chunks(stream: GuestFileStream, start: int, length: int) -> Iterator[bytes]:
+    """``length`` bytes of the file from ``start``, in reads of up to :data:`CHUNK`."""
+    stream.seek(start)
+    remaining = length
+    while remaining > 0:
+        data = stream.read(min(CHUNK, remaining))
+        if not data:
+            # Ending here short of Content-Length makes the client see a broken
+            # download instead of a file silently cut or padded.
+            log.warning("%s: data ends %d bytes early", stream.guest_path, remaining)
+            return
+        remaining -= len(data)
+        yield data
+
+
+def _run_chunks(stream: GuestFileStream, run: StreamRun) -> Iterator[bytes]:
+    """A run that only its stream can read, in reads of up to :data:`CHUNK`."""
+    for done in range(0, run.length, CHUNK):
+        data = stream.read_run(run, done, min(CHUNK, run.length - done))
+        if len(data) != min(CHUNK, run.length - done):
+            raise GuestFileUnreadable(stream.guest_path, "its data ends early")
+        yield data
+
+
+async def read_ahead(chunks: Iterator[bytes]) -> AsyncGenerator[bytes]:
     """Yield the chunks of a blocking iterator, reading the next one while this one is sent.
 
     Reading a chunk (in a worker thread) and sending it (on the event loop) then overlap instead
@@ -259,7 +374,9 @@ def folder_response(
             time.monotonic() - started,
         )
 
-    return StreamingResponse(read_ahead(chunks()), media_type="application/zip", headers=headers)
+    return ClosingStreamingResponse(
+        read_ahead(chunks()), media_type="application/zip", headers=headers
+    )
 
 
 def _walk(files: GuestFileSystem, path: str, errors: list[str]) -> Iterator[GuestEntry]:
