@@ -166,10 +166,12 @@ def test_vmdk_whose_parent_is_missing_fails_the_mount_naming_it(client: EmClient
 def test_container_files_map_to_runs_that_hold_their_bytes(container_repo: Path) -> None:
     """Plain-HTTP downloads send a file's runs that lie as they are in the image file with
     sendfile. The runs of every file, whole and in odd ranges, hold the bytes a read gives; in
-    VHDX and QCOW2 the data of big.bin is such a run, and zeros.bin's zero-state 1 MiB blocks are
-    zeros that nothing reads."""
+    VHDX, QCOW2 and VHD the data of big.bin is such a run, and the 1 MiB blocks of zeros.bin that
+    the dynamic formats left unstored are zeros that nothing reads."""
     seen = check_points(container_repo)
     assert set(seen) >= set(images.CONTAINER_POINTS)
-    for machine in ("vhdxfixed", "vhdxdynamic", "qcow2compressed"):
+    for machine in ("vhdxfixed", "vhdxdynamic", "qcow2compressed", "vhddynamic"):
         assert seen[machine]["FileRun"] >= 2, (machine, seen[machine])
         assert seen[machine]["ZeroRun"] >= 1, (machine, seen[machine])
+    for machine in ("vhdfixed", "vhdpartial"):
+        assert seen[machine]["FileRun"] >= 1, (machine, seen[machine])

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dissect.target.containers.raw import RawContainer
+from dissect.target.containers.vhd import VhdContainer
 from dissect.util.stream import BufferedStream, RangeStream, RelativeStream, RunlistStream
 
 __all__ = ["FileRun", "Run", "StreamRun", "ZeroRun", "map_runs"]
@@ -155,6 +156,37 @@ def _raw_container(container: RawContainer, offset: int, length: int) -> list[Ru
     return _map(container.fh, offset, length)
 
 
+def _vhd_container(container: Any, offset: int, length: int) -> list[Run]:
+    """A VHD (dissect's ``VHD``): a fixed disk is its file; a dynamic one maps blocks through
+    its BAT, each block's data after its sector bitmap, a block never written as zeros."""
+    from dissect.hypervisor.disk.vhd import DynamicDisk, FixedDisk
+
+    if offset + length > container.size:
+        raise _ShortMap
+    disk = container.vhd.disk
+    if type(disk) is FixedDisk:
+        return _map(disk.fh, offset, length)
+    if type(disk) is not DynamicDisk:
+        return [StreamRun(container, offset, length)]
+    block_size = disk._sectors_per_block * _VHD_SECTOR
+    out: list[Run] = []
+    end = offset + length
+    while offset < end:
+        block, inside = divmod(offset, block_size)
+        take = min(end, (block + 1) * block_size) - offset
+        first_sector = disk.bat[block]
+        if first_sector:
+            data = (first_sector + disk._sector_bitmap_size) * _VHD_SECTOR
+            out.extend(_map(disk.fh, data + inside, take))
+        else:
+            out.append(ZeroRun(take))
+        offset += take
+    return out
+
+
+_VHD_SECTOR = 512
+
+
 def _merge(runs: list[Run]) -> list[Run]:
     """Join runs that follow each other: the same file at the next offset, zeros after zeros."""
     out: list[Run] = []
@@ -184,4 +216,5 @@ _MAPPERS: dict[type, Callable[[Any, int, int], list[Run]]] = {
     RelativeStream: _range,
     BufferedStream: _range,
     RawContainer: _raw_container,
+    VhdContainer: _vhd_container,
 }
