@@ -29,7 +29,14 @@ from typing import Any
 
 from dissect.target.containers.raw import RawContainer
 from dissect.target.containers.vhd import VhdContainer
-from dissect.util.stream import BufferedStream, RangeStream, RelativeStream, RunlistStream
+from dissect.target.volume import Volume as TargetVolume
+from dissect.util.stream import (
+    BufferedStream,
+    MappingStream,
+    RangeStream,
+    RelativeStream,
+    RunlistStream,
+)
 
 __all__ = ["FileRun", "Run", "StreamRun", "ZeroRun", "map_runs"]
 
@@ -149,6 +156,29 @@ def _range(stream: RangeStream, offset: int, length: int) -> list[Run]:
     return _map(stream._fh, stream.offset + offset, length)
 
 
+def _mapping(stream: MappingStream, offset: int, length: int) -> list[Run]:
+    """Pieces of other streams laid end to end (``MappingStream._read``): an LVM logical
+    volume's segments on its physical volumes, say. A gap between pieces ends a read there."""
+    out: list[Run] = []
+    end = offset + length
+    for run_offset, run_size, fh, file_offset in stream._runs:
+        if run_offset + run_size <= offset:
+            continue
+        if run_offset > offset:
+            break
+        take = min(end, run_offset + run_size) - offset
+        out.extend(_map(fh, file_offset + offset - run_offset, take))
+        offset += take
+        if offset == end:
+            return out
+    raise _ShortMap
+
+
+def _target_volume(volume: Any, offset: int, length: int) -> list[Run]:
+    """A volume of dissect.target's volume systems: it reads and seeks its ``fh`` as it is."""
+    return _map(volume.fh, offset, length)
+
+
 def _raw_container(container: RawContainer, offset: int, length: int) -> list[Run]:
     """A raw image: its reads are those of the stream it keeps over the file."""
     if offset + length > container.size:
@@ -217,4 +247,6 @@ _MAPPERS: dict[type, Callable[[Any, int, int], list[Run]]] = {
     BufferedStream: _range,
     RawContainer: _raw_container,
     VhdContainer: _vhd_container,
+    MappingStream: _mapping,
+    TargetVolume: _target_volume,
 }
