@@ -305,6 +305,14 @@ def test_range_requests_return_exact_slices(
     assert tail.status_code == 206 and tail.content == data[-5:]
     outside = httpx.get(url, headers={**headers, "Range": f"bytes={len(data)}-"})
     assert outside.status_code == 416
+    # No range of an empty file can be given: it comes whole (found by a review: 206 with
+    # "Content-Range: bytes 0--1/0").
+    for asked in ("bytes=-5", "bytes=0-", "bytes=0-0"):
+        empty = httpx.get(
+            f"{mounted['Href']}/C:/empty.bin?action=download", headers={**headers, "Range": asked}
+        )
+        assert (empty.status_code, empty.content) == (200, b""), asked
+        assert "content-range" not in empty.headers
     assert outside.headers["content-range"] == f"bytes */{len(data)}"
     # A range whose end lies before its start is invalid, and ignored (RFC 9110 14.2).
     backwards = httpx.get(url, headers={**headers, "Range": "bytes=5-2"})

@@ -427,10 +427,117 @@ def test_clients_that_leave_mid_download_leave_nothing_open(
         assert sha256(client.request("GET", url).content) == want
         client.logoff()
 
-        listed = openflr("audit", "--data-dir", str(server.data_dir), "--json")
-        events = [json.loads(line) for line in listed.stdout.splitlines()]
-        outcomes = [e["outcome"] for e in events if e["event"] == "download"]
-        assert outcomes == ["complete"] + ["interrupted"] * 6 + ["complete"]
+        deadline = time.monotonic() + 15  # rows are written as the server ends each response
+        while len(downloads := _audited_downloads(server)) < 8:
+            assert time.monotonic() < deadline, downloads
+            time.sleep(0.2)
+        assert [e["outcome"] for e in downloads] == ["complete"] + ["interrupted"] * 6 + [
+            "complete"
+        ]
+        # Only bytes that reached the socket count: never the whole file for a client that left.
+        size = (source_tree / images.BIG_NAME).stat().st_size
+        assert all(e["bytes_sent"] < size for e in downloads[1:-1]), downloads
         assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+
+
+def _audited_downloads(server: Server) -> list[dict[str, object]]:
+    listed = openflr("audit", "--data-dir", str(server.data_dir), "--json")
+    events = [json.loads(line) for line in listed.stdout.splitlines()]
+    return [e for e in events if e["event"] == "download"]
+
+
+def _stalled_download(url: str, token: str) -> socket.socket:
+    """A connection that asks for ``url`` and then reads nothing: a client that hangs."""
+    parts = urlsplit(url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((parts.hostname, parts.port))
+    sock.sendall(
+        f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"X-RestSvcSessionId: {token}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def test_downloads_whose_clients_stop_reading_never_stall_the_api(server: Server) -> None:
+    """Found by a review: each zero-copy send held one of the 40 threads every request needs,
+    for as long as its client took; 41 clients that stopped reading froze the whole API."""
+    client = EmClient(server.base)
+    client.http.timeout = httpx.Timeout(60)
+    client.logon(USER, PASSWORD)
+    mount = client.mount(client.restore_point("winbox@"))
+    url = f"{mount['Href']}/C:/{images.BIG_NAME}?action=download"
+    stalled = [_stalled_download(url, client.token or "") for _ in range(48)]
+    try:
+        time.sleep(1)
+        for _ in range(3):
+            assert client.request("GET", f"{server.base}agents/agentRestorePoints").content
+    finally:
+        for sock in stalled:
+            sock.close()
+        client.logoff()
+
+
+def test_unmount_ends_the_downloads_of_the_mount(server: Server, source_tree: Path) -> None:
+    """A released mount gives no more bytes, whether or not its restore point stays open for
+    the next mount (--keep-open): the download in flight is cut where it has got to."""
+    client = EmClient(server.base)
+    client.logon(USER, PASSWORD)
+    mount = client.mount(client.restore_point("winbox@"))
+    url = f"{mount['Href']}/C:/{images.BIG_NAME}?action=download"
+    size = (source_tree / images.BIG_NAME).stat().st_size
+    sock = _stalled_download(url, client.token or "")
+    try:
+        got = sock.recv(1 << 16)
+        assert got.startswith(b"HTTP/1.1 200")
+        client.request("DELETE", mount["Href"], 204)
+        sock.settimeout(30)
+        while data := sock.recv(1 << 20):
+            got += data
+        assert len(got) < size
+    finally:
+        sock.close()
+        client.logoff()
+    session = client.logon_session["SessionId"] if client.logon_session else ""
+    deadline = time.monotonic() + 15  # the row is written as the server ends the response
+    while not (ours := [e for e in _audited_downloads(server) if e["session"] == session]):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert [e["outcome"] for e in ours] == ["interrupted"]
+
+
+def test_a_download_cut_by_a_damaged_image_is_a_closed_connection_and_a_failure(
+    tmp_path: Path, repository: Path
+) -> None:
+    """Found by a review: a VHDX cut short in the middle of a file's data sent the bytes it
+    had and then closed, with no word in the log; the audit called it interrupted. It is a
+    failure of the image: logged as a warning, audited as failed, never a traceback."""
+    image = next((repository / "winbox").rglob("*.vhdx"))
+    folder = tmp_path / "repo" / "cutwin" / image.parent.name
+    folder.mkdir(parents=True)
+    damaged = folder / image.name
+    shutil.copyfile(image, damaged)
+    server = Server(tmp_path / "data", [tmp_path / "repo"]).start()
+    try:
+        client = EmClient(server.base)
+        client.logon(USER, PASSWORD)
+        mount = client.mount(client.restore_point("cutwin@"))
+        url = f"{mount['Href']}/C:/{images.BIG_NAME}?action=download"
+        big = client.request("GET", url).content
+        # Cut the image in the middle of the file's data: find where its second half lies.
+        with damaged.open("r+b") as fh:
+            whole = fh.read()
+            at = whole.find(big[len(big) // 2 : len(big) // 2 + 4096])
+            assert at > 0
+            fh.truncate(at)
+        with pytest.raises(httpx.HTTPError):
+            client.request("GET", url)
+        client.logoff()
+        assert [e["outcome"] for e in _audited_downloads(server)] == ["complete", "failed"]
+        assert "data ends early" in server.log()
+        assert "Traceback" not in server.log()
+        assert " ERROR " not in server.log()
     finally:
         server.stop()

@@ -293,6 +293,8 @@ def serve(
             # Clients poll tasks and page listings with pauses; a short keep-alive makes the
             # server close connections just as a client reuses them ("connection reset").
             timeout_keep_alive=75,
+            # A download whose client stopped reading must not hold a shutdown up for long.
+            timeout_graceful_shutdown=10,
             # Let headers up to 256 KiB reach openflr, which answers over 16 KiB with a 431 in
             # the API's Error shape instead of the HTTP layer's bare 400.
             h11_max_incomplete_event_size=256 * 1024,

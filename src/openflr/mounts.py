@@ -154,6 +154,10 @@ class MountService:
         log.info("mount %s@%d released (session %s)", point.id, number, session_id)
         return True
 
+    def is_live(self, row_id: int) -> bool:
+        """Whether the mount with this record is still mounted (not unmounted nor released)."""
+        return row_id in self._opened
+
     def release_session(self, session_id: str) -> None:
         """Unmount everything a logon session owned.
 

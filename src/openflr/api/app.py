@@ -19,14 +19,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote, unquote
 
-import anyio
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from openflr import __version__
 from openflr.access import Access
@@ -38,7 +37,7 @@ from openflr.api.common import (
     task_tree,
     urls_of,
 )
-from openflr.api.download import file_response, folder_response
+from openflr.api.download import ClosingStreamingResponse, file_response, folder_response
 from openflr.api.errors import ApiError
 from openflr.api.inventory import Inventory
 from openflr.api.negotiation import parse_body, query, read_body
@@ -46,7 +45,6 @@ from openflr.api.zerocopy import ZERO_COPY
 from openflr.catalog import RestorePoint
 from openflr.engine import GuestEntry
 from openflr.engine.errors import EngineError, GuestPathInvalid, GuestPathNotFound, NotAFolder
-from openflr.engine.extents import FileRun
 from openflr.mounts import Mount, MountGone
 from openflr.representation import Node, encode
 from openflr.representation import resources as rep
@@ -464,34 +462,24 @@ class _Api:
                 mount.restore_point.id,
                 mount.number,
             )
+            live = self.services.mounts.is_live
             response = await run_in_threadpool(
-                file_response, files, entry, request.headers.get("range"), head
+                file_response,
+                files,
+                entry,
+                request.headers.get("range"),
+                head,
+                lambda: not live(mount.row_id),
             )
-        if not head and isinstance(response, StreamingResponse):
-            response.body_iterator = self._audited(  # type: ignore[assignment]
-                response.body_iterator, request, access, mount, entry
-            )
-        return response
+        if not head and isinstance(response, ClosingStreamingResponse):
 
-    async def _audited(
-        self, body: Any, request: Request, access: Access, mount: Mount, entry: GuestEntry
-    ) -> AsyncIterator[bytes | str | memoryview | FileRun]:
-        """Pass a download's body through, then audit it with the bytes actually sent."""
-        sent = 0
-        outcome = "complete"
-        try:
-            async with contextlib.aclosing(body):
-                async for chunk in body:
-                    sent += chunk.length if isinstance(chunk, FileRun) else len(chunk)
-                    yield chunk
-        except BaseException:
-            outcome = "interrupted"
-            raise
-        finally:
-            with anyio.CancelScope(shield=True):
+            async def audit(sent: int, outcome: str) -> None:
                 await self._audit(
                     "download", request, access, mount, entry, bytes_sent=sent, outcome=outcome
                 )
+
+            response.on_end = audit
+        return response
 
     async def _audit(
         self,
@@ -872,7 +860,11 @@ class _RequestLog:
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             elif message["type"] == ZERO_COPY:
-                sent += message["count"]
+                try:
+                    await send(message)
+                finally:
+                    sent += message.get("openflr.sent", 0)
+                return
             await send(message)
 
         try:

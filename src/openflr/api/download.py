@@ -12,7 +12,7 @@ import logging
 import re
 import time
 import zipfile
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from openflr.api.errors import ApiError
-from openflr.api.zerocopy import ZERO_COPY
+from openflr.api.zerocopy import ABORT, ZERO_COPY, SendCut
 from openflr.engine import GuestEntry, GuestFileSystem
 from openflr.engine.errors import EngineError, GuestFileUnreadable
 from openflr.engine.extents import FileRun, StreamRun, ZeroRun
@@ -46,12 +46,13 @@ def content_disposition(name: str) -> str:
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """Return the inclusive byte range a ``Range`` header asks for, or None for the whole file.
 
-    Several ranges at once are answered with the whole file, as RFC 9110 allows.
+    Several ranges at once are answered with the whole file, as RFC 9110 allows, and so is any
+    range of an empty file (no range of it can be satisfied, and "bytes 0--1/0" is no answer).
 
     Raises:
         ApiError: 416 when the range lies outside the file.
     """
-    if not header or "," in header:
+    if not header or "," in header or size == 0:
         return None
     match = _RANGE.match(header)
     if match is None:
@@ -82,9 +83,18 @@ def _unsatisfiable(size: int) -> ApiError:
 
 
 def file_response(
-    files: GuestFileSystem, entry: GuestEntry, range_header: str | None, head: bool
+    files: GuestFileSystem,
+    entry: GuestEntry,
+    range_header: str | None,
+    head: bool,
+    stopped: Callable[[], bool] | None = None,
 ) -> Response:
-    """Stream one guest file."""
+    """Stream one guest file.
+
+    Args:
+        stopped: Turns true when the download must end (its mount was released): the
+            connection is then closed where the bytes have got to.
+    """
     size = entry.size
     wanted = parse_range(range_header, size)
     start, end = wanted if wanted is not None else (0, size - 1)
@@ -118,21 +128,48 @@ def file_response(
         stream,
         start,
         length,
+        stopped or (lambda: False),
         status_code=status,
         headers=headers,
         media_type="application/octet-stream",
     )
 
 
-class ClosingStreamingResponse(StreamingResponse):
-    """A streamed response that closes its body when it ends, however it ends.
+class CutShort(Exception):
+    """A response body that cannot be completed: the connection is to be closed.
 
-    Starlette leaves a body whose client went away suspended, to be closed whenever the
-    collector gets to it: what the body does at its end (audit the download, close the guest
-    file) then happened late, or, when the close was cancelled, never.
+    Attributes:
+        outcome: What the audit calls it: ``"failed"`` (the data could not be read) or
+            ``"interrupted"`` (the mount was released).
     """
 
+    def __init__(self, outcome: str, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A streamed response that ends cleanly however it ends, and says how it ended.
+
+    Its body is closed when the response ends, not whenever the collector gets to it (what the
+    body does at its end, closing the guest file, then happened late or never). A body that
+    raises :class:`CutShort` has the connection closed (``openflr.abort``) instead of a short
+    body announced as complete. ``on_end``, when set, is awaited last with the body bytes the
+    client was sent and the outcome: ``"complete"``, ``"interrupted"`` (the client went away,
+    or the mount was released) or ``"failed"`` (the data could not be read).
+    """
+
+    on_end: Callable[[int, str], Awaitable[None]] | None = None
+    log_name = "response"
+    bytes_sent = 0
+    _abort = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self._abort = ABORT in (scope.get("extensions") or {})
+        await super().__call__(scope, receive, send)
+
     async def stream_response(self, send: Any) -> None:
+        outcome = "interrupted"
         try:
             await send(
                 {
@@ -144,18 +181,32 @@ class ClosingStreamingResponse(StreamingResponse):
             async for chunk in self.body_iterator:
                 await self.send_chunk(send, chunk)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError as exc:  # a send found the client gone; the connection is closed
+            outcome = "complete"
+        except SendCut as exc:  # the connection is closed already
+            outcome = "interrupted"
+            if exc.reason == "source":
+                outcome = "failed"
+                log.warning("%s: the image's data ends early: %s", self.log_name, exc)
+        except CutShort as exc:
+            outcome = exc.outcome
+            if self._abort:
+                await send({"type": ABORT})
+            # Elsewhere the server sees the response end short of its Content-Length.
+        except OSError as exc:  # a send found the client gone
             log.debug("response ended: %s", exc)
         finally:
-            close = getattr(self.body_iterator, "aclose", None)
-            if close is not None:
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                close = getattr(self.body_iterator, "aclose", None)
+                if close is not None:
                     await close()
+                if self.on_end is not None:
+                    await self.on_end(self.bytes_sent, outcome)
 
     async def send_chunk(self, send: Any, chunk: Any) -> None:
         if isinstance(chunk, str):
             chunk = chunk.encode(self.charset)
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        self.bytes_sent += len(chunk)
 
 
 class GuestFileResponse(ClosingStreamingResponse):
@@ -167,9 +218,18 @@ class GuestFileResponse(ClosingStreamingResponse):
     read here, one chunk ahead of the one being sent.
     """
 
-    def __init__(self, stream: GuestFileStream, start: int, length: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        stream: GuestFileStream,
+        start: int,
+        length: int,
+        stopped: Callable[[], bool],
+        **kwargs: Any,
+    ) -> None:
         self.zero_copy = False
-        # The body yields FileRuns too, which stream_response below sends.
+        self._stopped = stopped
+        self.log_name = stream.guest_path
+        # The body yields FileRuns too, which send_chunk below sends.
         super().__init__(self._body(stream, start, length), **kwargs)  # type: ignore[arg-type]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -177,30 +237,40 @@ class GuestFileResponse(ClosingStreamingResponse):
         await super().__call__(scope, receive, send)
 
     async def send_chunk(self, send: Any, chunk: Any) -> None:
-        if isinstance(chunk, FileRun):
-            message = {"file": chunk.file, "offset": chunk.offset, "count": chunk.length}
-            await send({"type": ZERO_COPY, **message, "more_body": True})
-        else:
+        if self._stopped():
+            raise CutShort("interrupted", "the mount was released during the download")
+        if not isinstance(chunk, FileRun):
             await super().send_chunk(send, chunk)
+            return
+        message = {
+            "type": ZERO_COPY,
+            "file": chunk.file,
+            "offset": chunk.offset,
+            "count": chunk.length,
+            "more_body": True,
+            "openflr.stop": self._stopped,
+        }
+        try:
+            await send(message)
+        finally:
+            self.bytes_sent += message.get("openflr.sent", 0)
 
     async def _body(
         self, stream: GuestFileStream, start: int, length: int
     ) -> AsyncIterator[bytes | memoryview | FileRun]:
         path = stream.guest_path
+        position, end = start, start + length
         try:
             if not self.zero_copy:
-                async with contextlib.aclosing(
-                    read_ahead(_chunks(stream, start, length))
-                ) as chunks:
-                    async for chunk in chunks:
+                reads = read_ahead(_chunks(stream, start, length))
+                async with contextlib.aclosing(reads):
+                    async for chunk in reads:
                         yield chunk
-                return
-            end = start + length
-            while start < end:
-                runs = await run_in_threadpool(stream.runs, start, min(_WINDOW, end - start))
+                        position += len(chunk)
+            while self.zero_copy and position < end:
+                runs = await run_in_threadpool(stream.runs, position, min(_WINDOW, end - position))
                 if not runs:
-                    log.warning("%s: data ends %d bytes early", path, end - start)
-                    return
+                    break
                 for run in runs:
                     if isinstance(run, FileRun):
                         yield run
@@ -208,17 +278,22 @@ class GuestFileResponse(ClosingStreamingResponse):
                         for done in range(0, run.length, CHUNK):
                             yield _ZEROS[: min(CHUNK, run.length - done)]
                     else:
-                        async with contextlib.aclosing(
-                            read_ahead(_run_chunks(stream, run))
-                        ) as chunks:
-                            async for chunk in chunks:
+                        reads = read_ahead(_run_chunks(stream, run))
+                        async with contextlib.aclosing(reads):
+                            async for chunk in reads:
                                 yield chunk
-                    start += run.length
+                    position += run.length
         except EngineError as exc:
             log.warning("%s: read failed during download: %s", path, exc)
+            raise CutShort("failed", str(exc)) from exc
         finally:
             with anyio.CancelScope(shield=True):
                 await run_in_threadpool(stream.close)
+        if position < end:
+            # Closing the connection short of Content-Length makes the client see a broken
+            # download instead of a file silently cut or padded.
+            log.warning("%s: data ends %d bytes early", path, end - position)
+            raise CutShort("failed", f"{path}: data ends {end - position} bytes early")
 
 
 # A file is mapped to runs this much at a time: few maps for a large file, little held at once.
@@ -227,15 +302,13 @@ _ZEROS = memoryview(bytes(CHUNK))
 
 
 def _chunks(stream: GuestFileStream, start: int, length: int) -> Iterator[bytes]:
-    """``length`` bytes of the file from ``start``, in reads of up to :data:`CHUNK`."""
+    """``length`` bytes of the file from ``start``, in reads of up to :data:`CHUNK`; fewer
+    where the data ends early."""
     stream.seek(start)
     remaining = length
     while remaining > 0:
         data = stream.read(min(CHUNK, remaining))
         if not data:
-            # Ending here short of Content-Length makes the client see a broken
-            # download instead of a file silently cut or padded.
-            log.warning("%s: data ends %d bytes early", stream.guest_path, remaining)
             return
         remaining -= len(data)
         yield data

@@ -6,11 +6,19 @@ ASGI describes this as the ``http.response.zerocopysend`` extension: a server th
 not offer it. :class:`ZeroCopySend` wraps the application and offers it where the connection
 allows: uvicorn's ``httptools`` protocol over plain TCP (TLS needs the bytes in user space).
 
-A send waits until the server has written everything it holds for the connection (the status line
-and headers), then a worker thread calls ``sendfile(2)`` on its own descriptor of the socket until
-the bytes are out, and the server is told that many bytes of the response's ``Content-Length`` are
-sent. Where the connection is anything else, the extension is not offered and responses stream
-as before.
+A send waits until the server has written what it holds for the connection (the status line and
+headers, or body bytes sent the usual way), stops reading the connection, and calls
+``sendfile(2)`` on a descriptor of the socket of its own, in a worker thread of its own pool (a
+download never takes a thread the API's requests need) for as long as the socket takes bytes;
+while the client's window is full it waits on the event loop, holding no thread. Afterwards the
+server is told that many bytes of the response's ``Content-Length`` are sent, and reading goes
+on. Two keys beside the extension's own: ``openflr.stop``, a callable that ends the send when it
+turns true (the mount was released), and ``openflr.sent``, which the send sets to the bytes it
+sent.
+
+It also offers ``openflr.abort`` on every uvicorn ``httptools`` connection, TLS too: a response
+that cannot be completed (the image's data ends early) closes the connection, so that the client
+sees a cut response, never one padded, and the server logs no error of its own about it.
 
 Measured with ``bench/run.py`` on the 2-core machine: a 1 GiB download ran at 0.26 to 0.95 of a
 bare ``sendfile`` server's speed while every byte crossed the event loop (depending on what else
@@ -21,6 +29,7 @@ instead of more than one.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import select
@@ -28,21 +37,43 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
+import anyio
+import anyio.to_thread
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ZERO_COPY", "ZeroCopySend"]
+__all__ = ["ABORT", "ZERO_COPY", "SendCut", "ZeroCopySend"]
 
 ZERO_COPY = "http.response.zerocopysend"
+ABORT = "openflr.abort"
 
-# A client that takes no byte for this long is given up (the socket is closed).
-_STALL_SECONDS = 300.0
-_POLL_MS = 250
+# A client that takes no byte for this long is given up (the connection is closed).
+STALL_SECONDS = 300.0
+# How long a sending thread waits for a full socket to take bytes before it hands the wait to
+# the event loop: long enough that a client reading at full speed keeps its thread, short
+# enough that clients that read slowly or not at all hold none.
+_PATIENCE_MS = 20
+# Threads sending at once; more downloads than this wait their turn, the API never does.
+_SENDERS = 32
+_limiter: anyio.CapacityLimiter | None = None
+
+
+class SendCut(OSError):
+    """A zero-copy send ended short of its count; the connection is closed.
+
+    Attributes:
+        reason: ``"client"`` (it went away or stopped reading), ``"source"`` (the file ends
+            before the bytes do: a damaged image) or ``"stopped"`` (``openflr.stop`` turned
+            true).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ZeroCopySend:
-    """ASGI middleware that offers ``http.response.zerocopysend`` on plain uvicorn connections.
+    """ASGI middleware that offers zero-copy sends (plain TCP) and aborts on uvicorn.
 
     Args:
         app: The application; it must be given to the server as it is wrapped here, outside
@@ -53,30 +84,39 @@ class ZeroCopySend:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        cycle = getattr(send, "__self__", None)
-        if scope["type"] != "http" or scope.get("scheme") != "http" or not _offers(cycle):
+        cycle: Any = getattr(send, "__self__", None)
+        if scope["type"] != "http" or not _is_uvicorn_cycle(cycle):
             await self.app(scope, receive, send)
             return
-        scope["extensions"] = {**(scope.get("extensions") or {}), ZERO_COPY: {}}
+        offered: dict[str, Any] = {ABORT: {}}
+        if scope.get("scheme") == "http" and _plain_socket(cycle.transport):
+            offered[ZERO_COPY] = {}
+        scope["extensions"] = {**(scope.get("extensions") or {}), **offered}
 
-        async def send_zero_copy(message: Any) -> None:
-            if message["type"] != ZERO_COPY:
+        async def send_extended(message: Any) -> None:
+            kind = message["type"]
+            if kind == ABORT:
+                await _close(cycle)
+            elif kind == ZERO_COPY and ZERO_COPY in offered:
+                await _send_file(cycle, message)
+                if not message.get("more_body", False):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
                 await send(message)
-                return
-            await _send_file(cycle, message)
-            if not message.get("more_body", False):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-        await self.app(scope, receive, send_zero_copy)
+        await self.app(scope, receive, send_extended)
 
 
-def _offers(cycle: Any) -> bool:
-    """Whether ``cycle`` is a uvicorn ``httptools`` request cycle on a plain TCP socket."""
-    if type(cycle).__module__ != "uvicorn.protocols.http.httptools_impl":
-        return False
-    transport = getattr(cycle, "transport", None)
-    if transport is None or not hasattr(cycle, "expected_content_length"):
-        return False
+def _is_uvicorn_cycle(cycle: Any) -> bool:
+    return (
+        type(cycle).__module__ == "uvicorn.protocols.http.httptools_impl"
+        and getattr(cycle, "transport", None) is not None
+        and hasattr(cycle, "expected_content_length")
+    )
+
+
+def _plain_socket(transport: Any) -> bool:
+    """Whether the transport writes to its socket as it is (no TLS in between)."""
     if transport.get_extra_info("sslcontext") or transport.get_extra_info("ssl_object"):
         return False
     sock = transport.get_extra_info("socket")
@@ -86,64 +126,133 @@ def _offers(cycle: Any) -> bool:
         return False
 
 
-async def _send_file(cycle: Any, message: Any) -> None:
-    """Send a zero-copy message's bytes on ``cycle``'s connection.
-
-    Raises:
-        OSError: the bytes could not all be sent (the client went away, or the file ends
-            early); the connection is closed, as the server itself closes one whose response
-            cannot be completed: the client sees a cut response, never one padded or shifted.
-    """
-    transport = cycle.transport
-    count = int(message["count"])
-    if count > cycle.expected_content_length:
-        raise RuntimeError("Response content longer than Content-Length")
-    # What the server holds for the connection (the headers) goes out first.
-    while transport.get_write_buffer_size() and not _gone(cycle):
-        await asyncio.sleep(0.001)
-    if _gone(cycle):
-        raise ConnectionResetError("the client closed the connection")
-    out = os.dup(transport.get_extra_info("socket").fileno())
-    try:
-        sent = await run_in_threadpool(
-            _sendfile, out, message["file"].fileno(), int(message["offset"]), count,
-            lambda: bool(cycle.disconnected),
-        )  # fmt: skip
-    except OSError as exc:
-        log.debug("zero-copy send ended: %s", exc)
-        sent = -1
-    finally:
-        os.close(out)
-    if sent != count:
-        transport.close()
-        raise ConnectionAbortedError(f"zero-copy send ended after {max(sent, 0)} of {count} bytes")
-    cycle.expected_content_length -= count
-
-
 def _gone(cycle: Any) -> bool:
     return bool(cycle.disconnected) or cycle.transport.is_closing()
 
 
-def _sendfile(out: int, source: int, offset: int, count: int, gone: Callable[[], bool]) -> int:
-    """Send ``count`` bytes of ``source`` from ``offset`` to the non-blocking socket ``out``.
+async def _close(cycle: Any) -> None:
+    """Close the connection and wait (briefly) until the server has seen it closed."""
+    cycle.transport.close()
+    for _ in range(100):
+        if cycle.disconnected:
+            return
+        await asyncio.sleep(0)
 
-    Returns the bytes sent: fewer than ``count`` where the source ends early, the client went
-    away, or took nothing for :data:`_STALL_SECONDS`.
+
+async def _send_file(cycle: Any, message: Any) -> None:
+    """Send a zero-copy message's bytes on ``cycle``'s connection.
+
+    Raises:
+        SendCut: the bytes could not all be sent; the connection is closed, as the server
+            itself closes one whose response cannot be completed.
+    """
+    transport = cycle.transport
+    count = int(message["count"])
+    stop: Callable[[], bool] = message.get("openflr.stop") or (lambda: False)
+    message["openflr.sent"] = 0
+    if count > cycle.expected_content_length:
+        raise RuntimeError("Response content longer than Content-Length")
+
+    # What the server holds for the connection goes out first; a client that takes nothing is
+    # looked at less and less often, and given up after STALL_SECONDS.
+    waited, pause = 0.0, 0.001
+    while transport.get_write_buffer_size() and not _gone(cycle) and not stop():
+        if waited > STALL_SECONDS:
+            await _close(cycle)
+            raise SendCut("client", "the client took no byte for too long")
+        await asyncio.sleep(pause)
+        waited += pause
+        pause = min(pause * 2, 0.1)
+
+    sent, reason = 0, ""
+    resume = transport.is_reading()
+    if resume:
+        transport.pause_reading()  # no answer of the server's own (a 400) between our bytes
+    out = os.dup(transport.get_extra_info("socket").fileno())
+    try:
+        try:
+            source = message["file"].fileno()
+        except (OSError, ValueError):  # the image file was closed: nothing to send from
+            source, reason = -1, "source"
+        offset = int(message["offset"])
+        while sent < count and not reason:
+            if _gone(cycle):
+                reason = "client"
+            elif stop():
+                reason = "stopped"
+            if reason:
+                break
+            n, state = await anyio.to_thread.run_sync(
+                _send_burst, out, source, offset + sent, count - sent, stop, limiter=_senders()
+            )
+            sent += n
+            if state == "full" and not await _writable(out, cycle, stop):
+                reason = "client"
+            elif state in ("client", "source", "stopped"):
+                reason = state
+    finally:
+        os.close(out)
+        message["openflr.sent"] = sent
+        if resume and not transport.is_closing():
+            transport.resume_reading()
+    if sent != count:
+        await _close(cycle)
+        raise SendCut(reason or "client", f"zero-copy send ended after {sent} of {count} bytes")
+    cycle.expected_content_length -= count
+
+
+def _senders() -> anyio.CapacityLimiter:
+    global _limiter
+    if _limiter is None:
+        _limiter = anyio.CapacityLimiter(_SENDERS)
+    return _limiter
+
+
+def _send_burst(
+    out: int, source: int, offset: int, count: int, stop: Callable[[], bool]
+) -> tuple[int, str]:
+    """Send from ``source`` at ``offset`` to the non-blocking socket ``out`` while it takes bytes.
+
+    Returns the bytes sent and why it stopped: ``"done"``, ``"full"`` (the socket took nothing
+    for :data:`_PATIENCE_MS`), ``"client"`` (the connection broke), ``"source"`` (the file
+    ended) or ``"stopped"``.
     """
     sent = 0
     poller = select.poll()
     poller.register(out, select.POLLOUT)
-    last_progress = time.monotonic()
     while sent < count:
+        if stop():
+            return sent, "stopped"
         try:
             n = os.sendfile(out, source, offset + sent, count - sent)
         except BlockingIOError:
-            if not poller.poll(_POLL_MS):
-                if gone() or time.monotonic() - last_progress > _STALL_SECONDS:
-                    return sent
+            if not poller.poll(_PATIENCE_MS):
+                return sent, "full"
             continue
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN):
+                return sent, "client"
+            log.warning("sendfile from the image failed: %s", exc)
+            return sent, "source"
         if n == 0:
-            return sent  # the source file ends here
+            return sent, "source"
         sent += n
-        last_progress = time.monotonic()
-    return sent
+    return sent, "done"
+
+
+async def _writable(out: int, cycle: Any, stop: Callable[[], bool]) -> bool:
+    """Wait on the event loop until the socket takes bytes again; False when the client is
+    gone, the send is stopped, or the client took nothing for :data:`STALL_SECONDS`."""
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    loop.add_writer(out, ready.set)
+    try:
+        deadline = time.monotonic() + STALL_SECONDS
+        while not ready.is_set():
+            if _gone(cycle) or stop() or time.monotonic() > deadline:
+                return False
+            with anyio.move_on_after(1.0):
+                await ready.wait()
+        return True
+    finally:
+        loop.remove_writer(out)
