@@ -7,7 +7,9 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import struct
+import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -541,3 +543,39 @@ def test_a_download_cut_by_a_damaged_image_is_a_closed_connection_and_a_failure(
         assert " ERROR " not in server.log()
     finally:
         server.stop()
+
+
+def test_the_end_of_a_request_whose_session_just_ended_changes_nothing(tmp_path: Path) -> None:
+    """Found by the load test: a client that logged off the moment a long answer reached it
+    ended its session before the server, at the end of that request, marked the session used.
+    The ORM update of the row that was gone raised; the server logged an ERROR and closed the
+    connection the logoff was being answered on. Marking a session used, at a request's end,
+    on authentication or from the FLR folder, must change nothing once the session is gone."""
+    from openflr.sessions import SessionService
+    from openflr.store import Database
+
+    sessions = SessionService(Database(tmp_path / "openflr.db"), 600, on_end=lambda _id: None)
+    session, token = sessions.create(USER)
+    sessions.hold(session.id)
+    # The logoff holds the database's write lock while the request's end marks the session:
+    # the mark waits, and finds the session gone when the logoff commits.
+    logoff = sqlite3.connect(tmp_path / "openflr.db", isolation_level=None)
+    logoff.execute("BEGIN IMMEDIATE")
+    failures: list[BaseException] = []
+
+    def end_of_request() -> None:
+        try:
+            sessions.release(session.id, touch=True)
+        except BaseException as exc:
+            failures.append(exc)
+
+    marking = threading.Thread(target=end_of_request)
+    marking.start()
+    time.sleep(0.5)
+    logoff.execute("DELETE FROM logon_sessions WHERE id = ?", (session.id,))
+    logoff.execute("COMMIT")
+    marking.join(30)
+    assert failures == []
+    sessions.touch(session.id)
+    assert sessions.authenticate(token) is None
+    assert sessions.get(session.id) is None

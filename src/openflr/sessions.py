@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -18,7 +19,7 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import Update, select, update
 
 from openflr.access import ROLES, Access, normalise_extensions
 from openflr.audit import AuditLog
@@ -207,18 +208,16 @@ class SessionService:
             if self._busy[session_id] <= 0:
                 del self._busy[session_id]
         if touch:
-            with self.db.session() as session:
-                row = session.get(LogonSessionRow, session_id)
-                if row is not None:
-                    row.last_seen = utcnow()
+            self.touch(session_id)
 
     def touch(self, session_id: str) -> None:
-        """Restart a session's idle time: it was used other than through the API (its FLR
-        folder was read)."""
+        """Restart a session's idle time: a request of it just ended, or its FLR folder was read.
+
+        A plain UPDATE: the session may have ended meanwhile (its client logged off as soon as
+        the answer reached it), and an ORM update of a row gone fails where this changes nothing.
+        """
         with self.db.session() as session:
-            row = session.get(LogonSessionRow, session_id)
-            if row is not None:
-                row.last_seen = utcnow()
+            session.execute(_touch(session_id, utcnow()))
 
     def _is_busy(self, session_id: str) -> bool:
         with self._busy_lock:
@@ -258,9 +257,11 @@ class SessionService:
             else:
                 # Written at most every _TOUCH_EVERY: a write per listing page or download chunk
                 # request buys no precision the idle timeout needs.
+                found = _to_session(row)
                 if now - as_utc(row.last_seen) > min(_TOUCH_EVERY, self.timeout / 10):
-                    row.last_seen = now
-                return _to_session(row)
+                    session.execute(_touch(row.id, now))
+                    found = dataclasses.replace(found, last_seen=now)
+                return found
         self.end(expired_id, reason="idle timeout")
         return None
 
@@ -302,6 +303,16 @@ class SessionService:
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _touch(session_id: str, when: datetime) -> Update:
+    """The statement that sets a session's last use, whether or not the session still exists."""
+    return (
+        update(LogonSessionRow)
+        .where(LogonSessionRow.id == session_id)
+        .values(last_seen=when)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _to_session(row: LogonSessionRow) -> LogonSession:

@@ -873,10 +873,13 @@ class _RequestLog:
             state = scope.get("state", {})
             session_id = state.get("session_id", "-")
             elapsed = time.monotonic() - started
-            if state.get("session_held") and elapsed > 1.0:
-                await run_in_threadpool(self.sessions.release, session_id, True)
-            elif state.get("session_held"):
-                self.sessions.release(session_id, False)  # no database write: no thread needed
+            try:
+                if state.get("session_held") and elapsed > 1.0:
+                    await run_in_threadpool(self.sessions.release, session_id, True)
+                elif state.get("session_held"):
+                    self.sessions.release(session_id, False)  # no database write: no thread
+            except Exception as exc:  # the answer is out: this must not break the connection
+                log.warning("session %s: marking it used failed: %s", session_id, exc)
             client = scope.get("client") or ("-", 0)
             log.info(
                 "request %d %s %s %s %d %d bytes %.1f ms session %s",
