@@ -62,12 +62,15 @@ def openflr(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
 class Server:
     """``openflr serve --http`` in a child process, on a free loopback port."""
 
-    def __init__(self, data_dir: Path, repositories: list[Path], *extra: str) -> None:
+    def __init__(
+        self, data_dir: Path, repositories: list[Path], *extra: str, tls: bool = False
+    ) -> None:
         self.data_dir = data_dir
         self.repositories = repositories
         self.extra = extra
+        self.tls = tls  # HTTPS on a self-signed certificate instead of plain HTTP
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}/api/"
+        self.base = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/api/"
         self.log_path = data_dir / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -88,7 +91,7 @@ class Server:
             "-m",
             "openflr",
             "serve",
-            "--http",
+            *([] if self.tls else ["--http"]),
             "--data-dir",
             str(self.data_dir),
             "--port",
@@ -103,7 +106,7 @@ class Server:
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log_path.read_text()
             try:
-                if httpx.get(self.base, timeout=1).status_code == 200:
+                if httpx.get(self.base, timeout=1, verify=False).status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.1)

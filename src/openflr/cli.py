@@ -9,8 +9,9 @@ import os
 import re
 import secrets
 import sys
+import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -275,6 +276,17 @@ def serve(
     if user_line:
         typer.echo(user_line)
 
+    class _StoppingServer(uvicorn.Server):
+        """uvicorn's server, which also sets ``stopping`` as soon as it is asked to stop."""
+
+        def __init__(self, config: uvicorn.Config, stopping: threading.Event) -> None:
+            super().__init__(config)
+            self._stopping = stopping
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self._stopping.set()
+            super().handle_exit(sig, frame)
+
     services.start()
     # Outside every other layer: zero-copy sends need the server's own connection.
     application = ZeroCopySend(create_app(services, on_shutdown=services.stop))
@@ -284,7 +296,7 @@ def serve(
     gc.collect()
     gc.freeze()
     try:
-        uvicorn.run(
+        config = uvicorn.Config(
             application,
             host=host,
             port=port,
@@ -300,6 +312,7 @@ def serve(
             h11_max_incomplete_event_size=256 * 1024,
             **ssl,  # type: ignore[arg-type]
         )
+        _StoppingServer(config, services.stopping).run()
     finally:
         services.stop()
 

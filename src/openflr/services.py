@@ -55,6 +55,9 @@ class Services:
     throttle: LogonThrottle
     _reaper: threading.Thread | None = field(default=None, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    # Set when the server is asked to stop: downloads in flight end, instead of holding the
+    # shutdown up until it gives up on them.
+    stopping: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

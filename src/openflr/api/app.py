@@ -433,6 +433,12 @@ class _Api:
         files = mount.opened.files
         head = request.scope.get("openflr.method") == "HEAD"
         access = await self._access(request)
+        live, stopping = self.services.mounts.is_live, self.services.stopping
+
+        def stopped() -> bool:
+            """The download ends where it has got to when its mount or the server goes."""
+            return stopping.is_set() or not live(mount.row_id)
+
         if entry.kind == "dir":
             zip_name = (entry.name.rstrip(":/") or "root") + ".zip"
             log.info(
@@ -442,7 +448,7 @@ class _Api:
                 mount.number,
             )
             response = await run_in_threadpool(
-                folder_response, files, entry, zip_name, head, access.may_download
+                folder_response, files, entry, zip_name, head, access.may_download, stopped
             )
         else:
             if entry.kind == "symlink":
@@ -462,14 +468,8 @@ class _Api:
                 mount.restore_point.id,
                 mount.number,
             )
-            live = self.services.mounts.is_live
             response = await run_in_threadpool(
-                file_response,
-                files,
-                entry,
-                request.headers.get("range"),
-                head,
-                lambda: not live(mount.row_id),
+                file_response, files, entry, request.headers.get("range"), head, stopped
             )
         if not head and isinstance(response, ClosingStreamingResponse):
 

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from openflr.api.errors import ApiError
-from openflr.api.zerocopy import ABORT, ZERO_COPY, SendCut
+from openflr.api.zerocopy import ABORT, HOLD_READING, ZERO_COPY, SendCut
 from openflr.engine import GuestEntry, GuestFileSystem
 from openflr.engine.errors import EngineError, GuestFileUnreadable
 from openflr.engine.extents import FileRun, StreamRun, ZeroRun
@@ -160,17 +160,32 @@ class ClosingStreamingResponse(StreamingResponse):
     """
 
     on_end: Callable[[int, str], Awaitable[None]] | None = None
+    # Turns true when the response must end where it has got to (its mount was released, the
+    # server is stopping); looked at between chunks and, while a send waits, four times a second.
+    stopped: Callable[[], bool] = staticmethod(lambda: False)
     log_name = "response"
     bytes_sent = 0
-    _abort = False
+    _extensions: dict[str, Any] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        self._abort = ABORT in (scope.get("extensions") or {})
+        self._extensions = scope.get("extensions") or {}
         await super().__call__(scope, receive, send)
+
+    async def _watch(self, send: Any) -> None:
+        """Drop the connection once ``stopped`` turns true, even while a send waits on a client
+        that reads nothing."""
+        while not self.stopped():
+            await asyncio.sleep(0.25)
+        await send({"type": ABORT})
 
     async def stream_response(self, send: Any) -> None:
         outcome = "interrupted"
+        watcher = None
+        if ABORT in self._extensions:
+            watcher = asyncio.ensure_future(self._watch(send))
         try:
+            if HOLD_READING in self._extensions:
+                await send({"type": HOLD_READING})
             await send(
                 {
                     "type": "http.response.start",
@@ -184,17 +199,20 @@ class ClosingStreamingResponse(StreamingResponse):
             outcome = "complete"
         except SendCut as exc:  # the connection is closed already
             outcome = "interrupted"
+            log.debug("%s: response cut (%s): %s", self.log_name, exc.reason, exc)
             if exc.reason == "source":
                 outcome = "failed"
                 log.warning("%s: the image's data ends early: %s", self.log_name, exc)
         except CutShort as exc:
             outcome = exc.outcome
-            if self._abort:
+            if ABORT in self._extensions:
                 await send({"type": ABORT})
             # Elsewhere the server sees the response end short of its Content-Length.
         except OSError as exc:  # a send found the client gone
             log.debug("response ended: %s", exc)
         finally:
+            if watcher is not None:
+                watcher.cancel()
             with anyio.CancelScope(shield=True):
                 close = getattr(self.body_iterator, "aclose", None)
                 if close is not None:
@@ -227,7 +245,7 @@ class GuestFileResponse(ClosingStreamingResponse):
         **kwargs: Any,
     ) -> None:
         self.zero_copy = False
-        self._stopped = stopped
+        self.stopped = stopped
         self.log_name = stream.guest_path
         # The body yields FileRuns too, which send_chunk below sends.
         super().__init__(self._body(stream, start, length), **kwargs)  # type: ignore[arg-type]
@@ -237,7 +255,7 @@ class GuestFileResponse(ClosingStreamingResponse):
         await super().__call__(scope, receive, send)
 
     async def send_chunk(self, send: Any, chunk: Any) -> None:
-        if self._stopped():
+        if self.stopped():
             raise CutShort("interrupted", "the mount was released during the download")
         if not isinstance(chunk, FileRun):
             await super().send_chunk(send, chunk)
@@ -248,7 +266,7 @@ class GuestFileResponse(ClosingStreamingResponse):
             "offset": chunk.offset,
             "count": chunk.length,
             "more_body": True,
-            "openflr.stop": self._stopped,
+            "openflr.stop": self.stopped,
         }
         try:
             await send(message)
@@ -390,6 +408,7 @@ def folder_response(
     zip_name: str,
     head: bool = False,
     may_download: Callable[[str], bool] | None = None,
+    stopped: Callable[[], bool] | None = None,
 ) -> Response:
     """Stream a guest folder as a zip (stored, zip64 where sizes need it).
 
@@ -447,9 +466,12 @@ def folder_response(
             time.monotonic() - started,
         )
 
-    return ClosingStreamingResponse(
+    response = ClosingStreamingResponse(
         read_ahead(chunks()), media_type="application/zip", headers=headers
     )
+    if stopped is not None:
+        response.stopped = stopped
+    return response
 
 
 def _walk(files: GuestFileSystem, path: str, errors: list[str]) -> Iterator[GuestEntry]:
