@@ -14,6 +14,7 @@ import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -380,6 +381,16 @@ def test_page_numbers_past_int32_are_refused(server: Server) -> None:
     client.logoff()
 
 
+def _big_file_download(server: Server) -> tuple[EmClient, dict[str, Any], str]:
+    """A client logged on to ``server`` with winbox mounted, the mount, and the download URL
+    of the 48 MiB big file in it."""
+    client = EmClient(server.base)
+    client.http = httpx.Client(timeout=120, verify=False)
+    client.logon(USER, PASSWORD)
+    mount = client.mount(client.restore_point("winbox@"))
+    return client, mount, f"{mount['Href']}/C:/{images.BIG_NAME}?action=download"
+
+
 def _leave_after(url: str, token: str, count: int) -> int:
     """GET ``url``, take ``count`` bytes of the answer, then drop the connection with a reset,
     as a client that is killed does; returns the bytes taken."""
@@ -410,10 +421,7 @@ def test_clients_that_leave_mid_download_leave_nothing_open(
     server = Server(tmp_path / "data", [repository]).start()
     try:
         assert server.process is not None
-        client = EmClient(server.base)
-        client.logon(USER, PASSWORD)
-        mount = client.mount(client.restore_point("winbox@"))
-        url = f"{mount['Href']}/C:/{images.BIG_NAME}?action=download"
+        client, mount, url = _big_file_download(server)
         want = sha256_file(source_tree / images.BIG_NAME)
         assert sha256(client.request("GET", url).content) == want
         assert _leave_after(url, client.token or "", MIB) >= MIB
@@ -467,11 +475,7 @@ def _stalled_download(url: str, token: str, small_window: bool = True) -> socket
 def test_downloads_whose_clients_stop_reading_never_stall_the_api(server: Server) -> None:
     """Found by a review: each zero-copy send held one of the 40 threads every request needs,
     for as long as its client took; 41 clients that stopped reading froze the whole API."""
-    client = EmClient(server.base)
-    client.http.timeout = httpx.Timeout(60)
-    client.logon(USER, PASSWORD)
-    mount = client.mount(client.restore_point("winbox@"))
-    url = f"{mount['Href']}/C:/{images.BIG_NAME}?action=download"
+    client, mount, url = _big_file_download(server)
     stalled = [_stalled_download(url, client.token or "") for _ in range(48)]
     try:
         time.sleep(1)
@@ -486,10 +490,7 @@ def test_downloads_whose_clients_stop_reading_never_stall_the_api(server: Server
 def test_unmount_ends_the_downloads_of_the_mount(server: Server, source_tree: Path) -> None:
     """A released mount gives no more bytes, whether or not its restore point stays open for
     the next mount (--keep-open): the download in flight is cut where it has got to."""
-    client = EmClient(server.base)
-    client.logon(USER, PASSWORD)
-    mount = client.mount(client.restore_point("winbox@"))
-    url = f"{mount['Href']}/C:/{images.BIG_NAME}?action=download"
+    client, mount, url = _big_file_download(server)
     size = (source_tree / images.BIG_NAME).stat().st_size
     sock = _stalled_download(url, client.token or "")
     try:
@@ -555,10 +556,7 @@ def test_a_bad_request_sent_during_a_download_waits_until_the_body_is_out(
     """Found by a review: bytes a client sent during a download were read and, being no
     request, answered with a 400 that the server wrote in the middle of the body. The
     connection is not read while a download's body goes out: the body arrives whole."""
-    client = EmClient(server.base)
-    client.logon(USER, PASSWORD)
-    mount = client.mount(client.restore_point("winbox@"))
-    url = f"{mount['Href']}/C:/{images.BIG_NAME}?action=download"
+    client, mount, url = _big_file_download(server)
     want = (source_tree / images.BIG_NAME).read_bytes()
     sock = _stalled_download(url, client.token or "", small_window=False)
     try:
@@ -582,10 +580,7 @@ def test_stopping_the_server_ends_stalled_downloads_without_errors(
     """Found by a review: with downloads whose clients read nothing, a stop waited for them
     until its limit, then cancelled them with ERROR tracebacks. A stop ends them at once."""
     server = Server(tmp_path / "data", [repository]).start()
-    client = EmClient(server.base)
-    client.logon(USER, PASSWORD)
-    mount = client.mount(client.restore_point("winbox@"))
-    url = f"{mount['Href']}/C:/{images.BIG_NAME}?action=download"
+    client, mount, url = _big_file_download(server)
     stalled = [_stalled_download(url, client.token or "") for _ in range(4)]
     try:
         time.sleep(1)
