@@ -244,15 +244,15 @@ class GuestFileResponse(ClosingStreamingResponse):
         stopped: Callable[[], bool],
         **kwargs: Any,
     ) -> None:
-        self.zero_copy = False
         self.stopped = stopped
         self.log_name = stream.guest_path
         # The body yields FileRuns too, which send_chunk below sends.
         super().__init__(self._body(stream, start, length), **kwargs)  # type: ignore[arg-type]
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        self.zero_copy = ZERO_COPY in (scope.get("extensions") or {})
-        await super().__call__(scope, receive, send)
+    @property
+    def zero_copy(self) -> bool:
+        """Whether the server sends file runs itself (known once the response is called)."""
+        return ZERO_COPY in self._extensions
 
     async def send_chunk(self, send: Any, chunk: Any) -> None:
         if self.stopped():

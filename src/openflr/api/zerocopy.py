@@ -7,14 +7,13 @@ not offer it. :class:`ZeroCopySend` wraps the application and offers it where th
 allows: uvicorn's ``httptools`` protocol over plain TCP (TLS needs the bytes in user space).
 
 A send waits until the server has written what it holds for the connection (the status line and
-headers, or body bytes sent the usual way), stops reading the connection, and calls
-``sendfile(2)`` on a descriptor of the socket of its own, in a worker thread of its own pool (a
-download never takes a thread the API's requests need) for as long as the socket takes bytes;
-while the client's window is full it waits on the event loop, holding no thread. Afterwards the
-server is told that many bytes of the response's ``Content-Length`` are sent, and reading goes
-on. Two keys beside the extension's own: ``openflr.stop``, a callable that ends the send when it
-turns true (the mount was released), and ``openflr.sent``, which the send sets to the bytes it
-sent.
+headers, or body bytes sent the usual way), then calls ``sendfile(2)`` on a descriptor of the
+socket of its own, in a worker thread of its own pool (a download never takes a thread the
+API's requests need) for as long as the socket takes bytes; while the client's window is full it
+waits on the event loop, holding no thread. Afterwards the server is told that many bytes of the
+response's ``Content-Length`` are sent. Two keys beside the extension's own: ``openflr.stop``,
+a callable that ends the send when it turns true (the mount was released), and
+``openflr.sent``, which the send sets to the bytes it sent.
 
 It also offers, on every uvicorn ``httptools`` connection, TLS too, ``openflr.abort``: a
 response that cannot be completed (the image's data ends early) drops the connection, so that
@@ -190,9 +189,6 @@ async def _send_file(cycle: Any, message: Any) -> None:
         pause = min(pause * 2, 0.1)
 
     sent, reason = 0, ""
-    resume = transport.is_reading()
-    if resume:
-        transport.pause_reading()  # no answer of the server's own (a 400) between our bytes
     out = os.dup(transport.get_extra_info("socket").fileno())
     try:
         try:
@@ -218,8 +214,6 @@ async def _send_file(cycle: Any, message: Any) -> None:
     finally:
         os.close(out)
         message["openflr.sent"] = sent
-        if resume and not transport.is_closing():
-            transport.resume_reading()
     if sent != count:
         # Dropped, and said so, with no await between: the server sees the connection lost
         # at the next turn of the loop and may cancel this response's task there.

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 from dissect.util.stream import AlignedStream
 
 from openflr.engine.errors import BackupError
-from openflr.engine.extents import FileRun, Run, StreamRun, ZeroRun
+from openflr.engine.extents import Run, StreamRun, block_runs
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,10 @@ class _SectorStream(AlignedStream):  # type: ignore[misc]
         size: The disk's size in bytes.
         sector_size: The container's logical sector size.
         block_size: Reads are cut at multiples of this (``None``: not cut).
-        block_runs: Where a block lies in the image: ``(block) -> (file, offset)`` for a block
-            stored as it is, ``(None, 0)`` for one that reads as zeros, ``None`` for one only
-            ``read_sectors`` can read (``None``: no block is mapped).
+        block_runs: Where a block lies in the image (``None``: no block is mapped), as
+            :func:`~openflr.engine.extents.block_runs` takes it; it is given, as
+            ``read_through``, this stream, which reads the blocks the file does not hold as
+            they are.
     """
 
     def __init__(
@@ -69,7 +70,7 @@ class _SectorStream(AlignedStream):  # type: ignore[misc]
         size: int,
         sector_size: int = _SECTOR,
         block_size: int | None = None,
-        block_runs: Callable[[int], tuple[BinaryIO | None, int] | None] | None = None,
+        block_runs: Callable[..., Any] | None = None,
     ) -> None:
         self._read_sectors = read_sectors
         self._sector_size = sector_size
@@ -81,20 +82,8 @@ class _SectorStream(AlignedStream):  # type: ignore[misc]
         """Where ``length`` bytes from ``offset`` lie (see :mod:`openflr.engine.extents`)."""
         if self._block_runs is None or not self._block_size:
             return [StreamRun(self, offset, length)]
-        runs: list[Run] = []
-        end = offset + length
-        while offset < end:
-            block, inside = divmod(offset, self._block_size)
-            take = min(end, (block + 1) * self._block_size) - offset
-            where = self._block_runs(block)
-            if where is None:
-                runs.append(StreamRun(self, offset, take))
-            elif where[0] is None:
-                runs.append(ZeroRun(take))
-            else:
-                runs.append(FileRun(where[0], where[1] + inside, take))
-            offset += take
-        return runs
+        locate = functools.partial(self._block_runs, read_through=self)
+        return block_runs(offset, length, self._block_size, locate)
 
     def _read(self, offset: int, length: int) -> bytes:
         length = max(0, min(length, self.size - offset))
@@ -160,22 +149,22 @@ def _open_vhdx(path: Path) -> tuple[BinaryIO, int, Any]:
     return stream, int(vhdx.size), vhdx
 
 
-def _vhdx_block(vhdx: Any, block: int) -> tuple[BinaryIO | None, int] | None:
+def _vhdx_block(vhdx: Any, block: int, read_through: Any) -> Any:
     """Where a VHDX payload block lies, as ``VHDX.read_sectors`` reads it ([MS-VHDX] 2.5.1)."""
     from dissect.hypervisor.disk.c_vhdx import c_vhdx
 
-    state = vhdx.bat.pb(block).state
-    if state == c_vhdx.PAYLOAD_BLOCK_FULLY_PRESENT:
-        return vhdx.fh, int(vhdx.bat.pb(block).file_offset_mb) * (1 << 20)
-    if state == c_vhdx.PAYLOAD_BLOCK_NOT_PRESENT and vhdx.parent is None:
-        return None, 0
-    if state in (
+    entry = vhdx.bat.pb(block)
+    if entry.state == c_vhdx.PAYLOAD_BLOCK_FULLY_PRESENT:
+        return vhdx.fh, int(entry.file_offset_mb) * (1 << 20)
+    if entry.state == c_vhdx.PAYLOAD_BLOCK_NOT_PRESENT and vhdx.parent is None:
+        return None
+    if entry.state in (
         c_vhdx.PAYLOAD_BLOCK_UNDEFINED,
         c_vhdx.PAYLOAD_BLOCK_ZERO,
         c_vhdx.PAYLOAD_BLOCK_UNMAPPED,
     ):
-        return None, 0
-    return None  # in a parent disk, or partly present: read through dissect
+        return None
+    return read_through  # in a parent disk, or partly present: read through dissect
 
 
 def _open_vmdk(path: Path) -> tuple[BinaryIO, int, Any]:

@@ -38,7 +38,7 @@ from dissect.util.stream import (
     RunlistStream,
 )
 
-__all__ = ["FileRun", "Run", "StreamRun", "ZeroRun", "map_runs"]
+__all__ = ["FileRun", "Run", "StreamRun", "ZeroRun", "block_runs", "map_runs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,22 +99,36 @@ def _map(stream: Any, offset: int, length: int) -> list[Run]:
         return mapper(stream, offset, length)
     own = getattr(stream, "map_runs", None)
     if callable(own):
-        runs = _resolve(own(offset, length))
+        runs: list[Run] = own(offset, length)
         if sum(run.length for run in runs) != length:
             raise _ShortMap
         return runs
     return [StreamRun(stream, offset, length)]
 
 
-def _resolve(runs: list[Run]) -> list[Run]:
-    """Map further the runs a layer gives through its own lower streams."""
-    out: list[Run] = []
-    for run in runs:
-        if isinstance(run, StreamRun) and _MAPPERS.get(type(run.stream)) is not None:
-            out.extend(_map(run.stream, run.offset, run.length))
+def block_runs(
+    offset: int, length: int, block_size: int, locate: Callable[[int], Any]
+) -> list[Run]:
+    """The runs of a disk an image stores in blocks (VHD, VHDX, QCOW2 clusters), block by block.
+
+    ``locate(block)`` says where a block lies: ``(file, offset of the block in it)`` for one
+    stored as it is, ``None`` for one that reads as zeros, or else the stream that reads it, at
+    the disk's own offsets (a compressed cluster, a block of a parent disk).
+    """
+    runs: list[Run] = []
+    end = offset + length
+    while offset < end:
+        block, inside = divmod(offset, block_size)
+        take = min(end, (block + 1) * block_size) - offset
+        where = locate(block)
+        if where is None:
+            runs.append(ZeroRun(take))
+        elif isinstance(where, tuple):
+            runs.extend(_map(where[0], where[1] + inside, take))
         else:
-            out.append(run)
-    return out
+            runs.append(StreamRun(where, offset, take))
+        offset += take
+    return runs
 
 
 def _host_file(fh: Any, offset: int, length: int) -> list[Run]:
@@ -198,20 +212,14 @@ def _vhd_container(container: Any, offset: int, length: int) -> list[Run]:
         return _map(disk.fh, offset, length)
     if type(disk) is not DynamicDisk:
         return [StreamRun(container, offset, length)]
-    block_size = disk._sectors_per_block * _VHD_SECTOR
-    out: list[Run] = []
-    end = offset + length
-    while offset < end:
-        block, inside = divmod(offset, block_size)
-        take = min(end, (block + 1) * block_size) - offset
+
+    def locate(block: int) -> tuple[Any, int] | None:
         first_sector = disk.bat[block]
-        if first_sector:
-            data = (first_sector + disk._sector_bitmap_size) * _VHD_SECTOR
-            out.extend(_map(disk.fh, data + inside, take))
-        else:
-            out.append(ZeroRun(take))
-        offset += take
-    return out
+        if not first_sector:
+            return None
+        return disk.fh, (first_sector + disk._sector_bitmap_size) * _VHD_SECTOR
+
+    return block_runs(offset, length, disk._sectors_per_block * _VHD_SECTOR, locate)
 
 
 _VHD_SECTOR = 512

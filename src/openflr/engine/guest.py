@@ -702,26 +702,27 @@ class GuestFileStream:
         Raises:
             GuestFileUnreadable: the stream is closed, or its layers cannot be mapped.
         """
-        with self._lock:
-            try:
-                runs = map_runs(self._fh, offset, length)
-                return [
-                    FileRun(self._host_file(run.file), run.offset, run.length)
-                    if isinstance(run, FileRun)
-                    else run
-                    for run in runs
-                ]
-            except Exception as exc:
-                raise GuestFileUnreadable(self.guest_path, str(exc) or type(exc).__name__) from exc
+        with self._reading():
+            return [
+                FileRun(self._host_file(run.file), run.offset, run.length)
+                if isinstance(run, FileRun)
+                else run
+                for run in map_runs(self._fh, offset, length)
+            ]
 
     def read_run(self, run: StreamRun, skip: int, size: int) -> bytes:
         """Read ``size`` bytes of a :class:`StreamRun` of this stream, ``skip`` bytes into it."""
+        with self._reading():
+            self._fh.seek(0)  # fails once the stream is closed
+            run.stream.seek(run.offset + skip)
+            return bytes(run.stream.read(size))
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Hold the restore point's lock, and turn what the layers raise into a clear error."""
         with self._lock:
             try:
-                if isinstance(self._fh, _ClosedStream):
-                    self._fh.read()
-                run.stream.seek(run.offset + skip)
-                return bytes(run.stream.read(size))
+                yield
             except Exception as exc:
                 raise GuestFileUnreadable(self.guest_path, str(exc) or type(exc).__name__) from exc
 
@@ -732,12 +733,9 @@ class GuestFileStream:
         return known[1]
 
     def read(self, size: int = -1) -> bytes:
-        with self._lock:
-            try:
-                self._fh.seek(self._pos)
-                data = self._fh.read(size)
-            except Exception as exc:
-                raise GuestFileUnreadable(self.guest_path, str(exc) or type(exc).__name__) from exc
+        with self._reading():
+            self._fh.seek(self._pos)
+            data = self._fh.read(size)
         self._pos += len(data)
         return data
 

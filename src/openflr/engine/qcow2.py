@@ -24,7 +24,7 @@ from typing import Any
 
 from dissect.util.stream import AlignedStream
 
-from openflr.engine.extents import FileRun, Run, StreamRun, ZeroRun
+from openflr.engine.extents import Run, block_runs
 
 log = logging.getLogger(__name__)
 
@@ -136,20 +136,17 @@ class ClusterRunStream(AlignedStream):  # type: ignore[misc]
 
     def map_runs(self, offset: int, length: int) -> list[Run]:
         """Where ``length`` bytes from ``offset`` lie, as :meth:`_read` reads them."""
-        runs: list[Run] = []
-        size, bits = self._cluster_size, self._cluster_bits
-        end = min(offset + length, self.size)
-        while offset < end:
-            entry = self._entry(offset >> bits)
-            take = min(((offset >> bits) + 1) << bits, end) - offset
+
+        def locate(cluster: int) -> Any:
+            entry = self._entry(cluster)
             if entry & _COMPRESSED:
-                runs.append(StreamRun(self._fallback, offset, take))
-            elif _is_zero(entry):
-                runs.append(ZeroRun(take))
-            else:
-                runs.append(FileRun(self._fh, (entry & _OFFSET_MASK) + offset % size, take))
-            offset += take
-        return runs
+                return self._fallback
+            if _is_zero(entry):
+                return None
+            return self._fh, entry & _OFFSET_MASK
+
+        length = max(0, min(length, self.size - offset))
+        return block_runs(offset, length, self._cluster_size, locate)
 
 
 def _is_zero(entry: int) -> bool:
