@@ -630,3 +630,17 @@ def test_the_end_of_a_request_whose_session_just_ended_changes_nothing(tmp_path:
     sessions.touch(session.id)
     assert sessions.authenticate(token) is None
     assert sessions.get(session.id) is None
+
+
+def test_machine_names_that_are_no_utf8_are_audited_too(tmp_path: Path) -> None:
+    """Found by a review: only the guest path was made storable; a machine folder whose name
+    is no UTF-8 reaches the restore point name and the mount's outcome, and the row was lost."""
+    from openflr.audit import AuditLog
+    from openflr.store import Database
+
+    audit = AuditLog(Database(tmp_path / "openflr.db"), tmp_path)
+    name = "caf\udce9@2026-11-30 22:00:00"
+    audit.record("mount", user=USER, restore_point_name=name, outcome=f"ok: folder /flr/{name}")
+    [event] = list(audit.events())
+    assert event.restore_point_name == "caf\\xe9@2026-11-30 22:00:00"
+    assert event.outcome == "ok: folder /flr/caf\\xe9@2026-11-30 22:00:00"

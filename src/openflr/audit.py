@@ -89,14 +89,15 @@ class AuditLog:
                         insert(AuditRow).values(
                             time=now,
                             event=event,
-                            user_name=user,
+                            user_name=_storable(user),
                             address=address,
                             session_id=session,
                             restore_point_id=restore_point,
-                            restore_point_name=restore_point_name,
+                            # Names and messages carry guest and host names too.
+                            restore_point_name=_storable(restore_point_name),
                             guest_path=_storable(guest_path),
                             bytes_sent=bytes_sent,
-                            outcome=outcome,
+                            outcome=_storable(outcome),
                         )
                     )
         except Exception:  # the audit must never take a restore down with it
@@ -129,8 +130,9 @@ class AuditLog:
 
 
 def _storable(text: str | None) -> str | None:
-    """A guest path the database can store: bytes a Linux name held that were no UTF-8 (kept
-    as surrogates) become ``\\xe9`` escapes, as the JSON line shows them (``\\udce9``)."""
+    """Text the database can store: bytes a Linux name (a guest path, a machine folder) held
+    that were no UTF-8 (kept as surrogates) become ``\\xe9`` escapes, as the JSON line shows
+    them (``\\udce9``)."""
     if text is None:
         return None
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -173,19 +173,6 @@ class FlrFolders:
         self.unavailable = None
         log.info("FLR folders under %s", self.root)
 
-    def attach(self, machine: str, files: GuestFileSystem, created: float) -> FlrFolder:
-        """Make a folder for a mount and serve its guest files there, read-only.
-
-        Args:
-            machine: The machine name; the folder is named after it.
-            files: The mount's guest files.
-            created: The restore point's time, shown for folders the guest gives no time.
-
-        Raises:
-            FolderUnavailable: FUSE is not available, or this mount could not be made.
-        """
-        return self.start_attach(machine, files, created).wait()
-
     def start_attach(
         self,
         machine: str,

@@ -216,8 +216,8 @@ class SessionService:
         A plain UPDATE: the session may have ended meanwhile (its client logged off as soon as
         the answer reached it), and an ORM update of a row gone fails where this changes nothing.
         """
-        with self.db.session() as session:
-            session.execute(_touch(session_id, utcnow()))
+        with self.db.connection() as connection:
+            connection.execute(_touch(session_id, utcnow()))
 
     def _is_busy(self, session_id: str) -> bool:
         with self._busy_lock:

@@ -93,7 +93,7 @@ class TaskService:
         """Record a Running task and run ``work(task_number)`` in the background."""
         now = utcnow()
         with self.db.connection() as connection:
-            number = connection.execute(
+            row = connection.execute(
                 insert(TaskRow)
                 .values(
                     session_id=session_id,
@@ -105,19 +105,9 @@ class TaskService:
                     created=now,
                     updated=now,
                 )
-                .returning(TaskRow.id)
-            ).scalar_one()
-        task = Task(
-            id=number,
-            session_id=session_id,
-            operation=operation,
-            state="Running",
-            success=None,
-            message=None,
-            restore_point_id=restore_point_id,
-            mount_number=mount_number,
-            guest_path=guest_path,
-        )
+                .returning(*TaskRow.__table__.columns)
+            ).one()
+        task = _to_task(row)
         with self._lock:
             self._running[task.id] = _Pending()
         log.info(
