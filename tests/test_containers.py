@@ -169,7 +169,8 @@ def test_container_files_map_to_runs_that_hold_their_bytes(container_repo: Path)
     VHDX, QCOW2 and VHD the data of big.bin is such a run, and the 1 MiB blocks of zeros.bin that
     the dynamic formats left unstored are zeros that nothing reads."""
     seen = check_points(container_repo)
-    assert set(seen) >= set(images.CONTAINER_POINTS)
+    # Every point opened but the one made to fail (its parent disk is gone).
+    assert set(seen) == {f.name for f in container_repo.iterdir() if f.is_dir()} - {"vmdkmissing"}
     for machine in ("vhdxfixed", "vhdxdynamic", "qcow2compressed", "vhddynamic"):
         assert seen[machine]["FileRun"] >= 2, (machine, seen[machine])
         assert seen[machine]["ZeroRun"] >= 1, (machine, seen[machine])

@@ -356,11 +356,16 @@ def test_linux_owner_is_the_user_name_from_the_guest_passwd(server: Server) -> N
 
 
 def test_layout_files_map_to_runs_that_hold_their_bytes(layout_server: Server) -> None:
-    """The runs plain-HTTP downloads send with sendfile hold, for every file of every layout
-    (NTFS compressed and sparse files, LVM, XFS, Btrfs, FAT, exFAT ...), whole and in odd
-    ranges, the bytes a read gives; files on MBR, GPT and LVM volumes of raw images, a logical
-    volume spanning two disks included, send straight from the image files."""
-    seen = check_points(layout_server.repositories[0])
-    assert len(seen) >= 10, sorted(seen)
+    """The runs plain-HTTP downloads send with sendfile hold, for the files (up to 40 a root)
+    of every layout (NTFS compressed and sparse files, LVM, XFS, Btrfs, FAT, exFAT ...), whole
+    and in odd ranges, the bytes a read gives; files on MBR, GPT and LVM volumes of raw images,
+    a logical volume spanning two disks included, send straight from the image files."""
+    repo = layout_server.repositories[0]
+    seen = check_points(repo)
+    assert set(seen) == {
+        folder.name for folder in repo.iterdir() if folder.is_dir()
+    }  # every point opened
     for machine in ("lvmspan", "lvmxfs", "xfsbox", "exfatbox", "fatbox", "dynamicbox"):
+        if machine == "exfatbox" and images.exfat_fuse_missing() is not None:
+            continue  # built only where exfat-fuse can write it
         assert seen[machine]["FileRun"] > 0, (machine, seen[machine])
