@@ -314,21 +314,21 @@ def measure_downloads(
             runs: list[float] = []
             baseline_runs: list[float] = []
             server_cpu = client_cpu = 0.0
-            for rep in range(reps):
-                # Each openflr download right after a sendfile one: this machine's speed drifts
-                # within minutes, and the ratio is taken pair by pair.
-                with sendfile_server(work.big_file) as baseline_url:
+            with sendfile_server(work.big_file) as baseline_url:
+                for rep in range(reps):
+                    # Each openflr download right after a sendfile one: this machine's speed
+                    # drifts within minutes, and the ratio is taken pair by pair.
                     baseline_runs.append(size / curl(baseline_url)[1] / 1e6)
-                cpu_before, children_before = cpu_seconds(pid), children_cpu_seconds()
-                with PeakRss(pid) as rss:
-                    got, seconds = curl(url, client.token)
-                server_cpu += cpu_seconds(pid) - cpu_before
-                client_cpu += children_cpu_seconds() - children_before
-                if got != size:
-                    raise RuntimeError(f"{machine}: downloaded {got} bytes, not {size}")
-                runs.append(size / seconds / 1e6)
-                if rep == 0:
-                    memory.append(rss.growth)
+                    cpu_before, children_before = cpu_seconds(pid), children_cpu_seconds()
+                    with PeakRss(pid) as rss:
+                        got, seconds = curl(url, client.token)
+                    server_cpu += cpu_seconds(pid) - cpu_before
+                    client_cpu += children_cpu_seconds() - children_before
+                    if got != size:
+                        raise RuntimeError(f"{machine}: downloaded {got} bytes, not {size}")
+                    runs.append(size / seconds / 1e6)
+                    if rep == 0:
+                        memory.append(rss.growth)
             # CPU time per wall second: how many of the cores one download keeps busy.
             wall = sum(size / (r * 1e6) for r in runs)
             speed = statistics.median(runs)
@@ -528,6 +528,25 @@ def measure_zip(
     ))  # fmt: skip
 
 
+def parallel_downloads(url: str, token: str | None, clients: int, size: int) -> float:
+    """Seconds ``clients`` curls at once take to download ``url``, each checked whole."""
+    got: list[int] = []
+
+    def one() -> None:
+        got.append(curl(url, token)[0])
+
+    threads = [threading.Thread(target=one) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE)
+    seconds = time.perf_counter() - started
+    if got != [size] * clients:
+        raise RuntimeError(f"parallel downloads of {url} got {got}, not {clients} x {size}")
+    return seconds
+
+
 def sendfile_concurrency(work: Work, clients: int) -> dict[str, float]:
     """The same measure on the bare sendfile server: what the machine itself allows.
 
@@ -537,13 +556,7 @@ def sendfile_concurrency(work: Work, clients: int) -> dict[str, float]:
     size = work.big_file.stat().st_size
     with sendfile_server(work.big_file) as url:
         one = size / curl(url)[1] / 1e6
-        started = time.perf_counter()
-        threads = [threading.Thread(target=curl, args=(url,)) for _ in range(clients)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(DEADLINE)
-        total = clients * size / (time.perf_counter() - started) / 1e6
+        total = clients * size / parallel_downloads(url, None, clients, size) / 1e6
     return {
         "sendfile_one_mb_s": one,
         "sendfile_parallel_mb_s": total,
@@ -560,23 +573,10 @@ def measure_concurrency(
         mount = client.mount(client.point_id("benchlin"))
         url = f"{mount}//home/user/bench/big.bin?action=download"
         size = work.big_file.stat().st_size
-        got: list[int] = []
-
-        def one() -> None:
-            got.append(curl(url, client.token)[0])
-
-        threads = [threading.Thread(target=one) for _ in range(clients)]
         cpu_before, children_before = cpu_seconds(pid), children_cpu_seconds()
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(DEADLINE)
-        seconds = time.perf_counter() - started
+        seconds = parallel_downloads(url, client.token, clients, size)
         server_cores = (cpu_seconds(pid) - cpu_before) / seconds
         curl_cores = (children_cpu_seconds() - children_before) / seconds
-        if got != [size] * clients:
-            raise RuntimeError(f"parallel downloads got {got}, not {clients} x {size}")
         total = clients * size / seconds / 1e6
         transport = sendfile_concurrency(work, clients)
         results.append(ratio_figure(

@@ -58,7 +58,7 @@ class _SectorStream(AlignedStream):  # type: ignore[misc]
         size: The disk's size in bytes.
         sector_size: The container's logical sector size.
         block_size: Reads are cut at multiples of this (``None``: not cut).
-        block_runs: Where a block lies in the image (``None``: no block is mapped), as
+        locate: Where a block lies in the image (``None``: no block is mapped), as
             :func:`~openflr.engine.extents.block_runs` takes it; it is given, as
             ``read_through``, this stream, which reads the blocks the file does not hold as
             they are.
@@ -70,20 +70,19 @@ class _SectorStream(AlignedStream):  # type: ignore[misc]
         size: int,
         sector_size: int = _SECTOR,
         block_size: int | None = None,
-        block_runs: Callable[..., Any] | None = None,
+        locate: Callable[..., Any] | None = None,
     ) -> None:
         self._read_sectors = read_sectors
         self._sector_size = sector_size
         self._block_size = block_size
-        self._block_runs = block_runs
+        self._locate = None if locate is None else functools.partial(locate, read_through=self)
         super().__init__(size)
 
     def map_runs(self, offset: int, length: int) -> list[Run]:
         """Where ``length`` bytes from ``offset`` lie (see :mod:`openflr.engine.extents`)."""
-        if self._block_runs is None or not self._block_size:
+        if self._locate is None or not self._block_size:
             return [StreamRun(self, offset, length)]
-        locate = functools.partial(self._block_runs, read_through=self)
-        return block_runs(offset, length, self._block_size, locate)
+        return block_runs(offset, length, self._block_size, self._locate)
 
     def _read(self, offset: int, length: int) -> bytes:
         length = max(0, min(length, self.size - offset))

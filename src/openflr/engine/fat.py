@@ -91,8 +91,9 @@ class _GuestFatDirEntry(FatDirEntry):  # type: ignore[misc]
 def open_exfat_file(entry: Any) -> Any:
     """Open an exFAT file (a dissect.target ``ExfatFilesystemEntry``) with its data in place.
 
-    dissect.target 3.21 builds the file's run list in sectors but reads it in clusters, so every
-    file of more than a few bytes read back empty; here the runs are read in sectors.
+    dissect.target (3.21, and 3.25.1, the one pinned) builds the file's run list in sectors but
+    reads it in clusters, so every file of more than a few bytes read back empty; here the runs
+    are read in sectors. Check again when the pin moves.
     """
     from dissect.util.stream import RunlistStream
 

@@ -39,7 +39,7 @@ def open_wof(record: Any, guest_path: str) -> WofStream:
 
     Raises:
         GuestFileUnreadable: the reparse data or the compressed stream is not what Windows
-            writes, or the algorithm is one openflr does not decode (LZX).
+            writes, or the algorithm is none of the four Windows uses.
     """
     data = bytes(record.attributes.REPARSE_POINT.buffer)
     if len(data) < 20:
@@ -89,9 +89,9 @@ class WofStream:
         size: int,
         chunk_size: int,
         guest_path: str,
-        decode: Callable[[bytes, int], bytes] | None = None,
+        decode: Callable[[bytes, int], bytes],
     ) -> None:
-        self._decode = decode or xpress_huffman_decompress
+        self._decode = decode
         self._fh = compressed
         self._stored = stored
         self.size = size
