@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -475,3 +476,55 @@ def test_linux_link_targets_keep_backslashes_and_colons(fuse_ok: None, tmp_path:
         client.logoff()
     finally:
         srv.stop()
+
+
+def test_a_relative_data_folder_stays_where_the_server_started(
+    fuse_ok: None, tmp_path: Path, repository: Path
+) -> None:
+    """Found by a fresh user of scripts/serve (``--data-dir ./openflr-data``): libfuse moves the
+    process to / when it mounts the first FLR folder, and every later write under a relative
+    data folder (the audit lines, the list of FLR folders) went to /openflr-data instead."""
+    from tests.conftest import free_port, openflr
+
+    name = f"openflr-data-{os.getpid()}-{time.monotonic_ns()}"  # nothing under / may share it
+    started_in = tmp_path / "here"
+    started_in.mkdir()
+    added = openflr(
+        "user", "add", USER, "--data-dir", str(started_in / name), "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    port = free_port()
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "openflr", "serve", "--http", "--port", str(port),
+         "--data-dir", name, "--repository", str(repository)],
+        cwd=started_in, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/api/"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx.get(base, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        client = EmClient(base)
+        client.logon(USER, PASSWORD)
+        mount, message = mount_point(client, "linbox@")
+        folder = folder_of(message)
+        assert folder.is_relative_to(started_in / name) and mounted(folder)
+        client.request("DELETE", link(mount, "Delete"), 204)
+        client.logoff()
+    finally:
+        process.terminate()
+        process.wait(30)
+    events = [
+        line for line in (started_in / name / "audit.jsonl").read_text().splitlines()
+        if '"event": "mount"' in line
+    ]  # fmt: skip
+    assert len(events) == 1
+    assert not Path("/", name).exists()
+    assert "Traceback" not in log.read_text()

@@ -218,7 +218,12 @@ def serve(
     from openflr.services import Services
 
     _configure_logging(log_level)
-    repositories = list(repository or [SAMPLE_REPOSITORY])
+    # Absolute from here on: libfuse changes the process's folder to / when it mounts the first
+    # FLR folder, and a relative path (./openflr-data, as scripts/serve gives) would then name
+    # another folder: the audit lines went to /openflr-data.
+    data_dir = data_dir.absolute()
+    flr_root = flr_root.absolute() if flr_root is not None else None
+    repositories = [folder.absolute() for folder in repository or [SAMPLE_REPOSITORY]]
     for folder in repositories:
         if not folder.is_dir():
             typer.echo(f"openflr: repository {folder} is not a folder", err=True)
