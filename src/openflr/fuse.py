@@ -7,7 +7,8 @@ libfuse (through ``mfusepy``), one thread pool per mount, reading through the mo
 :class:`~openflr.engine.GuestFileSystem` and its lock; the asyncio loop never waits on it.
 
 The folders openflr makes are listed in a state file in the data folder, so that after a crash
-the next start unmounts and removes exactly those, and nothing else.
+the next start unmounts and removes exactly those, and nothing else. A name stays listed after
+its folder goes, until the next start: mounting the same machine again then writes nothing.
 """
 
 from __future__ import annotations
@@ -244,9 +245,11 @@ class FlrFolders:
                 continue
             except OSError as exc:
                 raise FolderUnavailable(f"cannot make {path}: {exc.strerror}") from exc
+            text = os.fsdecode(path)
             with self._lock:
-                self._made.add(os.fsdecode(path))
-                self._save()
+                if text not in self._made:
+                    self._made.add(text)
+                    self._save()
             return path
         raise FolderUnavailable(f"{_MAX_SAME_NAME} folders named {base!r} exist in {self.root}")
 
@@ -257,10 +260,6 @@ class FlrFolders:
             pass
         except OSError as exc:
             log.warning("left %s in place: %s", path, exc.strerror)
-            return
-        with self._lock:
-            self._made.discard(os.fsdecode(path))
-            self._save()
 
     def _clean_stale(self) -> None:
         """Unmount and remove the folders a previous run made and did not remove (a crash)."""
@@ -284,6 +283,7 @@ class FlrFolders:
                 self._made.add(text)
             self._remove_folder(path)
         with self._lock:
+            self._made = {text for text in self._made if os.path.lexists(text)}
             self._save()
 
     def _save(self) -> None:
