@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import bindparam, func, insert, or_, select, update
 
 from openflr.audit import AuditLog
 from openflr.catalog import Catalog, RestorePoint
@@ -36,6 +36,29 @@ class Mount:
     number: int
     session_id: str
     opened: OpenedRestorePoint
+
+
+# The statements of every mount, unmount and request on a mount, built once: building one
+# costs more than running it.
+_FIND = select(MountRow.id, MountRow.session_id).where(
+    MountRow.restore_point_id == bindparam("point"),
+    MountRow.number == bindparam("number"),
+    MountRow.released.is_(False),
+)
+_RELEASE = (
+    update(MountRow)
+    .where(
+        MountRow.restore_point_id == bindparam("point"),
+        MountRow.number == bindparam("wanted"),
+        MountRow.session_id == bindparam("session"),
+        MountRow.released.is_(False),
+    )
+    .values(released=True)
+    .returning(MountRow.id)
+)
+_SESSION_ALIVE = select(LogonSessionRow.id).where(LogonSessionRow.id == bindparam("session"))
+_HIGHEST = select(func.max(MountRow.number)).where(MountRow.restore_point_id == bindparam("point"))
+_INSERT = insert(MountRow).returning(MountRow.id)
 
 
 class MountService:
@@ -123,33 +146,21 @@ class MountService:
         Raises:
             MountGone: the mount exists but its backup can no longer be opened.
         """
-        with self.db.session() as session:
-            row = session.scalars(
-                select(MountRow).where(
-                    MountRow.restore_point_id == point.id,
-                    MountRow.number == number,
-                    MountRow.released.is_(False),
-                )
-            ).first()
-            if row is None or row.session_id != session_id:
-                return None
-            row_id = row.id
+        with self.db.connection() as connection:
+            row = connection.execute(_FIND, {"point": point.id, "number": number}).first()
+        if row is None or row.session_id != session_id:
+            return None
+        row_id = row.id
         return self._mount_of(row_id, point, number, session_id)
 
     def unmount(self, session_id: str, point: RestorePoint, number: int) -> bool:
         """Unmount; returns False if this session has no such mount."""
-        with self._records, self.db.session() as session:
-            row = session.scalars(
-                select(MountRow).where(
-                    MountRow.restore_point_id == point.id,
-                    MountRow.number == number,
-                    MountRow.released.is_(False),
-                )
-            ).first()
-            if row is None or row.session_id != session_id:
-                return False
-            row.released = True
-            row_id = row.id
+        with self._records, self.db.connection() as connection:
+            row_id = connection.execute(
+                _RELEASE, {"point": point.id, "wanted": number, "session": session_id}
+            ).scalar()
+        if row_id is None:
+            return False
         self._close(row_id)
         log.info("mount %s@%d released (session %s)", point.id, number, session_id)
         return True
@@ -238,25 +249,20 @@ class MountService:
         self, session_id: str, point: RestorePoint, opened: OpenedRestorePoint
     ) -> tuple[int, int] | None:
         with self._records, self.db.connection() as connection:
-            alive = connection.execute(
-                select(LogonSessionRow.id).where(LogonSessionRow.id == session_id)
-            ).first()
+            alive = connection.execute(_SESSION_ALIVE, {"session": session_id}).first()
             if alive is None:
                 return None
-            highest = connection.execute(
-                select(func.max(MountRow.number)).where(MountRow.restore_point_id == point.id)
-            ).scalar()
+            highest = connection.execute(_HIGHEST, {"point": point.id}).scalar()
             number = (highest or 0) + 1
             row_id = connection.execute(
-                insert(MountRow)
-                .values(
-                    restore_point_id=point.id,
-                    number=number,
-                    session_id=session_id,
-                    released=False,
-                    created=utcnow(),
-                )
-                .returning(MountRow.id)
+                _INSERT,
+                {
+                    "restore_point_id": point.id,
+                    "number": number,
+                    "session_id": session_id,
+                    "released": False,
+                    "created": utcnow(),
+                },
             ).scalar_one()
         with self._lock:
             self._opened[row_id] = opened

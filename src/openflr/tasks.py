@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, bindparam, delete, func, insert, select, update
 
 from openflr.store import Database, TaskRow, utcnow
 
@@ -92,21 +92,18 @@ class TaskService:
     ) -> Task:
         """Record a Running task and run ``work(task_number)`` in the background."""
         now = utcnow()
+        values = {
+            "session_id": session_id,
+            "operation": operation,
+            "state": "Running",
+            "restore_point_id": restore_point_id,
+            "mount_number": mount_number,
+            "guest_path": guest_path,
+            "created": now,
+            "updated": now,
+        }
         with self.db.connection() as connection:
-            row = connection.execute(
-                insert(TaskRow)
-                .values(
-                    session_id=session_id,
-                    operation=operation,
-                    state="Running",
-                    restore_point_id=restore_point_id,
-                    mount_number=mount_number,
-                    guest_path=guest_path,
-                    created=now,
-                    updated=now,
-                )
-                .returning(*TaskRow.__table__.columns)
-            ).one()
+            row = connection.execute(_START, values).one()
         task = _to_task(row)
         with self._lock:
             self._running[task.id] = _Pending()
@@ -137,11 +134,11 @@ class TaskService:
 
     def get(self, session_id: str, number: int) -> Task | None:
         """Return a task of this logon session, or None."""
-        with self.db.session() as session:
-            row = session.get(TaskRow, number)
-            if row is None or row.session_id != session_id:
-                return None
-            return _to_task(row)
+        with self.db.connection() as connection:
+            row = connection.execute(_GET, {"number": number}).first()
+        if row is None or row.session_id != session_id:
+            return None
+        return _to_task(row)
 
     def list(self, session_id: str) -> list[Task]:
         """Return the tasks of a logon session, oldest first."""
@@ -202,21 +199,15 @@ class TaskService:
 
     def _finish(self, number: int, outcome: TaskOutcome) -> Task | None:
         """Record a task's outcome; return the task as it now is, or None if it was removed."""
-        values: dict[str, object] = {
-            "state": "Finished",
-            "success": outcome.success,
-            "message": outcome.message,
-            "updated": utcnow(),
+        values = {
+            "number": number,
+            "ok": outcome.success,
+            "text": outcome.message,
+            "mount": outcome.mount_number,
+            "when": utcnow(),
         }
-        if outcome.mount_number is not None:
-            values["mount_number"] = outcome.mount_number
         with self.db.connection() as connection:
-            row = connection.execute(
-                update(TaskRow)
-                .where(TaskRow.id == number)
-                .values(values)
-                .returning(*TaskRow.__table__.columns)
-            ).first()
+            row = connection.execute(_FINISH, values).first()
         if row is None:
             return None
         finished = _to_task(row)
@@ -228,6 +219,24 @@ class TaskService:
             outcome.message,
         )
         return finished
+
+
+# The statements of every task, built once: building one costs more than running it.
+_START = insert(TaskRow).returning(*TaskRow.__table__.columns)
+_GET = select(*TaskRow.__table__.columns).where(TaskRow.id == bindparam("number"))
+_FINISH = (
+    update(TaskRow)
+    .where(TaskRow.id == bindparam("number"))
+    .values(
+        state="Finished",
+        success=bindparam("ok"),
+        message=bindparam("text"),
+        updated=bindparam("when"),
+        # A task that mounted says which mount; any other keeps the number it started with.
+        mount_number=func.coalesce(bindparam("mount"), TaskRow.mount_number),
+    )
+    .returning(*TaskRow.__table__.columns)
+)
 
 
 class _Pending:
