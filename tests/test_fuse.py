@@ -248,6 +248,31 @@ def test_folder_is_gone_after_delete_of_the_mount(flr_server: Server) -> None:
     client.logoff()
 
 
+def test_mounting_again_and_again_serves_each_folder_and_leaves_no_threads(
+    flr_server: Server,
+) -> None:
+    # The threads that run FUSE loops are kept for the next mount: each new folder must serve
+    # its own files, each old one must go, and the threads must not pile up.
+    assert flr_server.process is not None
+    tasks = Path(f"/proc/{flr_server.process.pid}/task")
+    client = EmClient(flr_server.base)
+    client.logon(USER, PASSWORD)
+    counts = []
+    for machine in ["volbox@", "linbox@"] * 6:
+        mount, message = mount_point(client, machine)
+        folder = folder_of(message)
+        if machine == "volbox@":
+            assert cat(folder / images.HELLO_NAME) == images.HELLO_TEXT.encode()
+        else:
+            assert cat(folder / "etc/fstab") == images.linux_fstab().encode()
+        client.request("DELETE", link(mount, "Delete"), 204)
+        wait_gone(folder)
+        counts.append(len(os.listdir(tasks)))
+    client.logoff()
+    # The first mounts start the threads the server keeps; later ones add none.
+    assert max(counts[4:]) <= counts[3], counts
+
+
 def test_folder_is_gone_after_logoff(flr_server: Server) -> None:
     client = EmClient(flr_server.base)
     client.logon(USER, PASSWORD)
