@@ -260,6 +260,16 @@ class Catalog:
             point = self._index.points.get(canonical)
         return point
 
+    def peek(self, point_id: str) -> RestorePoint | None:
+        """Return a restore point from the last scan without reading the repositories.
+
+        None when :meth:`get` may have to read them: the scan is old, or the id is not in it.
+        """
+        if not self._scanned_at or time.monotonic() - self._scanned_at > self.max_age:
+            return None
+        canonical = parse_restore_point_id(point_id)
+        return self._index.points.get(canonical) if canonical is not None else None
+
     def index(self) -> _Index:
         """Backups, backup files, points in time and computers, as of the last scan."""
         self._refresh()

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import bindparam, exists, false, func, insert, or_, select, update
 
 from openflr.audit import AuditLog
 from openflr.catalog import Catalog, RestorePoint
@@ -56,9 +56,24 @@ _RELEASE = (
     .values(released=True)
     .returning(MountRow.id)
 )
-_SESSION_ALIVE = select(LogonSessionRow.id).where(LogonSessionRow.id == bindparam("session"))
-_HIGHEST = select(func.max(MountRow.number)).where(MountRow.restore_point_id == bindparam("point"))
-_INSERT = insert(MountRow).returning(MountRow.id)
+# A new mount takes the next number of its restore point, and only while its logon session
+# still exists: one statement, so that a logoff or another mount cannot come in between.
+_INSERT = (
+    insert(MountRow)
+    .from_select(
+        ["restore_point_id", "number", "session_id", "released", "created"],
+        select(
+            bindparam("point", type_=MountRow.restore_point_id.type),
+            select(func.coalesce(func.max(MountRow.number), 0) + 1)
+            .where(MountRow.restore_point_id == bindparam("point"))
+            .scalar_subquery(),
+            bindparam("session", type_=MountRow.session_id.type),
+            false(),
+            bindparam("when", type_=MountRow.created.type),
+        ).where(exists().where(LogonSessionRow.id == bindparam("session"))),
+    )
+    .returning(MountRow.id, MountRow.number)
+)
 
 
 class MountService:
@@ -249,21 +264,12 @@ class MountService:
         self, session_id: str, point: RestorePoint, opened: OpenedRestorePoint
     ) -> tuple[int, int] | None:
         with self._records, self.db.connection() as connection:
-            alive = connection.execute(_SESSION_ALIVE, {"session": session_id}).first()
-            if alive is None:
-                return None
-            highest = connection.execute(_HIGHEST, {"point": point.id}).scalar()
-            number = (highest or 0) + 1
-            row_id = connection.execute(
-                _INSERT,
-                {
-                    "restore_point_id": point.id,
-                    "number": number,
-                    "session_id": session_id,
-                    "released": False,
-                    "created": utcnow(),
-                },
-            ).scalar_one()
+            row = connection.execute(
+                _INSERT, {"point": point.id, "session": session_id, "when": utcnow()}
+            ).first()
+        if row is None:
+            return None  # the logon session ended
+        row_id, number = row
         with self._lock:
             self._opened[row_id] = opened
         return row_id, number

@@ -563,7 +563,10 @@ class _Api:
     # -- helpers -------------------------------------------------------------------------------
 
     async def _session(self, request: Request) -> LogonSession:
-        """The logon session of the request's token; the cookie is tried first, then the header."""
+        """The logon session of the request's token; the cookie is tried first, then the header.
+
+        What its user may do is looked up in the same trip, into the request's ``access`` state.
+        """
         state = request.scope.setdefault("state", {})
         known: LogonSession | None = state.get("session")
         if known is not None:
@@ -577,8 +580,9 @@ class _Api:
                 f"send the token in the {SESSION_HEADER} header.",
             )
         for token in dict.fromkeys(tokens):
-            session = await run_in_threadpool(self.services.sessions.authenticate, token)
-            if session is not None:
+            found = await run_in_threadpool(self._authenticate, token)
+            if found is not None:
+                session, state["access"] = found
                 state["session"] = session
                 state["session_id"] = session.id
                 if not state.get("session_held"):
@@ -587,19 +591,20 @@ class _Api:
                 return session
         raise ApiError(401, "The logon session has expired or does not exist; log on again.")
 
+    def _authenticate(self, token: str) -> tuple[LogonSession, Access] | None:
+        """The session of a token and what its user may do: one trip to a worker thread."""
+        session = self.services.sessions.authenticate(token)
+        if session is None:
+            return None
+        return session, self.services.users.access(session.user_name)
+
     async def _restore_point(self, request: Request, point_id: str) -> RestorePoint:
         kind = _family(request)
-        session = await self._session(request)
-        state = request.scope.setdefault("state", {})
-        known: Access | None = state.get("access")
-
-        def look_up() -> tuple[RestorePoint | None, Access]:
-            # One trip to a worker thread for both: each costs about 0.1 ms.
-            point = self.services.catalog.get(point_id)
-            return point, known or self.services.users.access(session.user_name)
-
-        point, access = await run_in_threadpool(look_up)
-        state["access"] = access
+        await self._session(request)
+        access = await self._access(request)
+        point = self.services.catalog.peek(point_id)
+        if point is None:  # the catalog may have to read the repositories
+            point = await run_in_threadpool(self.services.catalog.get, point_id)
         if point is None or point.kind != kind:
             family = "VM" if kind == "vm" else "agent"
             raise ApiError(404, f"No {family} restore point {point_id}.")
@@ -611,12 +616,9 @@ class _Api:
         return point
 
     async def _access(self, request: Request) -> Access:
-        """What the request's user may do (looked up once per request)."""
-        state = request.scope.setdefault("state", {})
-        if "access" not in state:
-            session = await self._session(request)
-            state["access"] = await run_in_threadpool(self.services.users.access, session.user_name)
-        access: Access = state["access"]
+        """What the request's user may do (looked up with the session, once per request)."""
+        await self._session(request)
+        access: Access = request.scope["state"]["access"]
         return access
 
     async def _mount(self, request: Request, point_id: str, number: str) -> Mount:
