@@ -117,18 +117,40 @@ def block_runs(
     """
     runs: list[Run] = []
     end = offset + length
+    # The extent the blocks so far make, grown while the next block follows on: a gigabyte is
+    # 16,384 clusters of 64 KiB, and most lie one after the other in the image file.
+    kind, target, start, size = "", None, 0, 0
     while offset < end:
         block, inside = divmod(offset, block_size)
         take = min(end, (block + 1) * block_size) - offset
         where = locate(block)
         if where is None:
-            runs.append(ZeroRun(take))
+            if kind != "zero":
+                runs.extend(_extent(kind, target, start, size))
+                kind, size = "zero", 0
         elif isinstance(where, tuple):
-            runs.extend(_map(where[0], where[1] + inside, take))
-        else:
-            runs.append(StreamRun(where, offset, take))
+            at = where[1] + inside
+            if kind != "file" or target is not where[0] or start + size != at:
+                runs.extend(_extent(kind, target, start, size))
+                kind, target, start, size = "file", where[0], at, 0
+        elif kind != "stream" or target is not where or start + size != offset:
+            runs.extend(_extent(kind, target, start, size))
+            kind, target, start, size = "stream", where, offset, 0
+        size += take
         offset += take
+    runs.extend(_extent(kind, target, start, size))
     return runs
+
+
+def _extent(kind: str, target: Any, start: int, size: int) -> list[Run]:
+    """The runs of one extent :func:`block_runs` grew; none for the empty one it starts with."""
+    if kind == "zero":
+        return [ZeroRun(size)]
+    if kind == "file":
+        return _map(target, start, size)
+    if kind == "stream":
+        return [StreamRun(target, start, size)]
+    return []
 
 
 def _host_file(fh: Any, offset: int, length: int) -> list[Run]:

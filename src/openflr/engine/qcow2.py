@@ -137,8 +137,17 @@ class ClusterRunStream(AlignedStream):  # type: ignore[misc]
     def map_runs(self, offset: int, length: int) -> list[Run]:
         """Where ``length`` bytes from ``offset`` lie, as :meth:`_read` reads them."""
 
+        # The L2 table of the last cluster: a run of clusters mostly stays in one table.
+        held: list[Any] = [-1, None]
+        per_table = 1 << self._l2_bits
+
         def locate(cluster: int) -> Any:
-            entry = self._entry(cluster)
+            l1_index, l2_index = divmod(cluster, per_table)
+            if l1_index != held[0]:
+                l2_offset = self._l1[l1_index] if l1_index < len(self._l1) else 0
+                held[0], held[1] = l1_index, self._l2_table(l2_offset) if l2_offset else None
+            table = held[1]
+            entry = int(table[l2_index]) if table is not None else 0
             if entry & _COMPRESSED:
                 return self._fallback
             if _is_zero(entry):
