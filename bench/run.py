@@ -275,6 +275,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class MachineBusy:
+    """How many of the machine's cores were busy (not idle) while the block ran, from /proc/stat.
+
+    Counts everything: the server, the clients, and the kernel's work for both (on loopback the
+    receiving side of TCP runs in the sender's softirq, charged to no process's own time).
+    """
+
+    cores = 0.0
+
+    @staticmethod
+    def _ticks() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle, iowait
+        return sum(fields) - idle, sum(fields)
+
+    def __enter__(self) -> MachineBusy:
+        self._before = self._ticks()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, total = self._ticks()
+        share = (busy - self._before[0]) / max(1, total - self._before[1])
+        self.cores = share * (os.cpu_count() or 1)
+
+
 def children_cpu_seconds() -> float:
     """User plus system CPU time of the finished child processes (the curl clients)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -555,26 +580,38 @@ def sendfile_concurrency(work: Work, clients: int) -> dict[str, float]:
     """
     size = work.big_file.stat().st_size
     with sendfile_server(work.big_file) as url:
-        one = size / curl(url)[1] / 1e6
-        total = clients * size / parallel_downloads(url, None, clients, size) / 1e6
+        with MachineBusy() as one_busy:
+            one = size / curl(url)[1] / 1e6
+        with MachineBusy() as parallel_busy:
+            total = clients * size / parallel_downloads(url, None, clients, size) / 1e6
     return {
         "sendfile_one_mb_s": one,
         "sendfile_parallel_mb_s": total,
         "sendfile_ratio": total / one,
+        "sendfile_one_busy_cores": one_busy.cores,
+        "sendfile_parallel_busy_cores": parallel_busy.cores,
     }
 
 
 def measure_concurrency(
     work: Work, api: str, pid: int, clients: int, single: float, results: list[Figure]
 ) -> None:
-    """Total throughput of parallel downloads of the big file from one mount."""
+    """Total throughput of parallel downloads of the big file from one mount.
+
+    Also how busy the machine is during one download and during the parallel ones: where one
+    download already keeps most cores busy, ``cores / one_busy_cores`` bounds what any number
+    of downloads can add (``cpu_ceiling``), whatever the server.
+    """
     client = Client(api)
     try:
         mount = client.mount(client.point_id("benchlin"))
         url = f"{mount}//home/user/bench/big.bin?action=download"
         size = work.big_file.stat().st_size
+        with MachineBusy() as one_busy:
+            one = size / curl(url, client.token)[1] / 1e6
         cpu_before, children_before = cpu_seconds(pid), children_cpu_seconds()
-        seconds = parallel_downloads(url, client.token, clients, size)
+        with MachineBusy() as parallel_busy:
+            seconds = parallel_downloads(url, client.token, clients, size)
         server_cores = (cpu_seconds(pid) - cpu_before) / seconds
         curl_cores = (children_cpu_seconds() - children_before) / seconds
         total = clients * size / seconds / 1e6
@@ -582,7 +619,11 @@ def measure_concurrency(
         results.append(ratio_figure(
             "concurrency", f"{clients} downloads, ext4 in QCOW2", total, single, "MB/s",
             "one download of the same file (download ratio)", ">= 1.5", total / single,
-            seconds=seconds, server_cores=server_cores, curl_cores=curl_cores, **transport,
+            seconds=seconds, server_cores=server_cores, curl_cores=curl_cores,
+            cores=os.cpu_count(), one_mb_s=one, one_busy_cores=one_busy.cores,
+            parallel_busy_cores=parallel_busy.cores,
+            cpu_ceiling=(os.cpu_count() or 1) / max(one_busy.cores, 1e-9),
+            of_sendfile_parallel=total / transport["sendfile_parallel_mb_s"], **transport,
         ))  # fmt: skip
         client.unmount(mount)
     finally:
