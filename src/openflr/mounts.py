@@ -38,8 +38,8 @@ class Mount:
     opened: OpenedRestorePoint
 
 
-# The statements of every mount, unmount and request on a mount, built once: building one
-# costs more than running it.
+# The statements of every mount, unmount and request on a mount, built once (see
+# Database.connection).
 _FIND = select(MountRow.id, MountRow.session_id).where(
     MountRow.restore_point_id == bindparam("point"),
     MountRow.number == bindparam("number"),

@@ -151,8 +151,10 @@ class Database:
     def connection(self) -> Iterator[Connection]:
         """Yield a connection in a transaction that commits on success, for hot paths.
 
-        A statement through the ORM session costs a few hundred microseconds more than the same
-        statement on a connection; a warm mount makes several, and takes about five ms in all.
+        Hot paths (every request's session lookup, a mount, a task) run statements built once,
+        at import, with ``bindparam`` values: building a statement costs about 0.15 ms where
+        running it costs 0.04 ms, and the ORM's row objects would cost as much again. A warm
+        mount runs several and takes about three ms in all.
         """
         with self.engine.begin() as connection:
             yield connection

@@ -221,7 +221,7 @@ class TaskService:
         return finished
 
 
-# The statements of every task, built once: building one costs more than running it.
+# The statements of every task, built once (see Database.connection).
 _START = insert(TaskRow).returning(*TaskRow.__table__.columns)
 _GET = select(*TaskRow.__table__.columns).where(TaskRow.id == bindparam("number"))
 _FINISH = (
