@@ -273,6 +273,47 @@ def test_mounting_again_and_again_serves_each_folder_and_leaves_no_threads(
     assert max(counts[4:]) <= counts[3], counts
 
 
+def test_requests_racing_a_mount_and_its_unmount_leave_no_folder_behind(
+    flr_server: Server, tmp_path: Path
+) -> None:
+    # Readers ask for the mount being made (its number guessed) and for the one being deleted.
+    # Neither may take it for a mount of an earlier run and give it a second folder, which no
+    # unmount would ever remove.
+    client = EmClient(flr_server.base)
+    client.logon(USER, PASSWORD)
+    mount, _ = mount_point(client, "volbox@")
+    base = str(mount["Href"]).rsplit("/", 1)[0]
+    number = int(str(mount["Href"]).rsplit("/", 1)[1])
+    client.request("DELETE", link(mount, "Delete"), 204)
+    stop = threading.Event()
+
+    def read() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                for guess in (number, number + 1):
+                    http.get(f"{base}/{guess}", headers=client._headers())
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    try:
+        for _ in range(30):
+            mount, _ = mount_point(client, "volbox@")
+            number = int(str(mount["Href"]).rsplit("/", 1)[1])
+            client.request("DELETE", link(mount, "Delete"), 204)
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join(60)
+    client.logoff()
+
+    flr = tmp_path / "flr"
+    deadline = time.monotonic() + 15
+    while os.listdir(flr) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert os.listdir(flr) == []
+
+
 def test_folder_is_gone_after_logoff(flr_server: Server) -> None:
     client = EmClient(flr_server.base)
     client.logon(USER, PASSWORD)

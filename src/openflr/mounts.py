@@ -45,6 +45,16 @@ _FIND = select(MountRow.id, MountRow.session_id).where(
     MountRow.number == bindparam("number"),
     MountRow.released.is_(False),
 )
+_OF_SESSION = (
+    select(MountRow.id, MountRow.number)
+    .where(
+        MountRow.restore_point_id == bindparam("point"),
+        MountRow.session_id == bindparam("session"),
+        MountRow.released.is_(False),
+    )
+    .order_by(MountRow.number)
+)
+_LIVE = select(MountRow.id).where(MountRow.id == bindparam("row"), MountRow.released.is_(False))
 _RELEASE = (
     update(MountRow)
     .where(
@@ -101,12 +111,13 @@ class MountService:
         self._shared = OpenedPoints(keep_open=keep_open)
         self._folders: dict[int, FlrFolder] = {}
         self._lock = threading.Lock()
-        # Mount records change under this lock: numbering reads the highest number and inserts
-        # the next, and an unmount must find a live record exactly once.
         self.audit: AuditLog | None = None
         # Called with a mount's logon session id when its FLR folder is read: reading there is
         # using the session, as an API request is. Set by the services once sessions exist.
         self.on_folder_activity: Callable[[str], None] | None = None
+        # A mount's record and its entry in _opened change together under this lock, and a
+        # lookup reads both under it: a request that comes while a mount is being recorded or
+        # released must not take it for a mount of an earlier run and open it again.
         self._records = threading.Lock()
 
     def start_mount(
@@ -136,23 +147,21 @@ class MountService:
 
     def list(self, session_id: str, point: RestorePoint) -> list[Mount]:
         """Return the live mounts of a restore point that belong to a logon session."""
-        with self.db.session() as session:
-            rows = session.scalars(
-                select(MountRow)
-                .where(
-                    MountRow.restore_point_id == point.id,
-                    MountRow.session_id == session_id,
-                    MountRow.released.is_(False),
-                )
-                .order_by(MountRow.number)
-            ).all()
-            found = [(r.id, r.number) for r in rows]
+        with self._records:
+            with self.db.connection() as connection:
+                rows = connection.execute(
+                    _OF_SESSION, {"point": point.id, "session": session_id}
+                ).all()
+            found = [(row.id, row.number, self._opened.get(row.id)) for row in rows]
         mounts = []
-        for row_id, number in found:
-            try:
-                mounts.append(self._mount_of(row_id, point, number, session_id))
-            except MountGone:
-                continue
+        for row_id, number, opened in found:
+            if opened is None:
+                try:
+                    opened = self._reopen(row_id, point, number, session_id)
+                except MountGone:
+                    continue
+            if opened is not None:
+                mounts.append(Mount(row_id, point, number, session_id, opened))
         return mounts
 
     def get(self, session_id: str, point: RestorePoint, number: int) -> Mount | None:
@@ -161,22 +170,29 @@ class MountService:
         Raises:
             MountGone: the mount exists but its backup can no longer be opened.
         """
-        with self.db.connection() as connection:
-            row = connection.execute(_FIND, {"point": point.id, "number": number}).first()
-        if row is None or row.session_id != session_id:
-            return None
-        row_id = row.id
-        return self._mount_of(row_id, point, number, session_id)
+        with self._records:
+            with self.db.connection() as connection:
+                row = connection.execute(_FIND, {"point": point.id, "number": number}).first()
+            if row is None or row.session_id != session_id:
+                return None
+            opened = self._opened.get(row.id)
+        if opened is None:
+            opened = self._reopen(row.id, point, number, session_id)
+            if opened is None:
+                return None
+        return Mount(row.id, point, number, session_id, opened)
 
     def unmount(self, session_id: str, point: RestorePoint, number: int) -> bool:
         """Unmount; returns False if this session has no such mount."""
-        with self._records, self.db.connection() as connection:
-            row_id = connection.execute(
-                _RELEASE, {"point": point.id, "wanted": number, "session": session_id}
-            ).scalar()
-        if row_id is None:
-            return False
-        self._close(row_id)
+        with self._records:
+            with self.db.connection() as connection:
+                row_id = connection.execute(
+                    _RELEASE, {"point": point.id, "wanted": number, "session": session_id}
+                ).scalar()
+            if row_id is None:
+                return False
+            taken = self._take(row_id)
+        self._let_go(*taken)
         log.info("mount %s@%d released (session %s)", point.id, number, session_id)
         return True
 
@@ -190,18 +206,20 @@ class MountService:
         Also every mount recorded without a session (databases from before mounts kept their
         session id when the session row went), which would otherwise stay open.
         """
-        with self._records, self.db.session() as session:
-            rows = session.scalars(
-                select(MountRow).where(
-                    or_(MountRow.session_id == session_id, MountRow.session_id.is_(None)),
-                    MountRow.released.is_(False),
-                )
-            ).all()
-            released = [(r.id, r.restore_point_id, r.number) for r in rows]
-            for row in rows:
-                row.released = True
-        for row_id, point_id, number in released:
-            self._close(row_id)
+        with self._records:
+            with self.db.session() as session:
+                rows = session.scalars(
+                    select(MountRow).where(
+                        or_(MountRow.session_id == session_id, MountRow.session_id.is_(None)),
+                        MountRow.released.is_(False),
+                    )
+                ).all()
+                released = [(r.id, r.restore_point_id, r.number) for r in rows]
+                for row in rows:
+                    row.released = True
+            taken = [self._take(row_id) for row_id, _, _ in released]
+        for (_, point_id, number), (opened, folder) in zip(released, taken, strict=True):
+            self._let_go(opened, folder)
             log.info("mount %s@%d released (session %s ended)", point_id, number, session_id)
 
     def close_all(self) -> None:
@@ -263,15 +281,16 @@ class MountService:
     def _record(
         self, session_id: str, point: RestorePoint, opened: OpenedRestorePoint
     ) -> tuple[int, int] | None:
-        with self._records, self.db.connection() as connection:
-            row = connection.execute(
-                _INSERT, {"point": point.id, "session": session_id, "when": utcnow()}
-            ).first()
-        if row is None:
-            return None  # the logon session ended
-        row_id, number = row
-        with self._lock:
-            self._opened[row_id] = opened
+        with self._records:
+            with self.db.connection() as connection:
+                row = connection.execute(
+                    _INSERT, {"point": point.id, "session": session_id, "when": utcnow()}
+                ).first()
+            if row is None:
+                return None  # the logon session ended
+            row_id, number = row
+            with self._lock:
+                self._opened[row_id] = opened
         return row_id, number
 
     def _attach(
@@ -335,30 +354,41 @@ class MountService:
             except Exception:  # a failed unmount must not keep the mount's files open
                 log.exception("unmounting FLR folder %s failed", folder.path)
 
-    def _mount_of(self, row_id: int, point: RestorePoint, number: int, session_id: str) -> Mount:
-        with self._lock:
-            opened = self._opened.get(row_id)
-        if opened is None:
-            try:
-                opened = self._shared.acquire(point)
-            except Exception as exc:
-                raise MountGone(f"Cannot reopen {point.name}: {exc}") from exc
-            with self._lock:
-                current = self._opened.setdefault(row_id, opened)
-            if current is not opened:
-                self._shared.release(opened)
-                opened = current
-            else:
-                outcome = self._attach(row_id, point, opened, session_id)
-                log.info("mount %s@%d reopened; %s", point.id, number, outcome)
-        return Mount(
-            row_id=row_id, restore_point=point, number=number, session_id=session_id, opened=opened
-        )
+    def _reopen(
+        self, row_id: int, point: RestorePoint, number: int, session_id: str
+    ) -> OpenedRestorePoint | None:
+        """Open again a mount an earlier run of the server recorded, with its folder.
 
-    def _close(self, row_id: int) -> None:
+        Returns None if the mount was released meanwhile.
+
+        Raises:
+            MountGone: its backup can no longer be opened.
+        """
+        try:
+            opened = self._shared.acquire(point)
+        except Exception as exc:
+            raise MountGone(f"Cannot reopen {point.name}: {exc}") from exc
+        with self._records:
+            with self.db.connection() as connection:
+                live = connection.execute(_LIVE, {"row": row_id}).first() is not None
+            with self._lock:
+                current = self._opened.get(row_id)
+                if live and current is None:
+                    self._opened[row_id] = opened
+        if not live or current is not None:  # released, or another request reopened it
+            self._shared.release(opened)
+            return current if live else None
+        outcome = self._attach(row_id, point, opened, session_id)
+        log.info("mount %s@%d reopened; %s", point.id, number, outcome)
+        return opened
+
+    def _take(self, row_id: int) -> tuple[OpenedRestorePoint | None, FlrFolder | None]:
+        """Take a released mount's restore point and folder out of the maps."""
         with self._lock:
-            opened = self._opened.pop(row_id, None)
-            folder = self._folders.pop(row_id, None)
+            return self._opened.pop(row_id, None), self._folders.pop(row_id, None)
+
+    def _let_go(self, opened: OpenedRestorePoint | None, folder: FlrFolder | None) -> None:
+        """Unmount a released mount's folder, then release its restore point."""
         # The folder goes first, so that no reader of it meets a closed restore point.
         if folder is not None:
             self._detach(folder)
