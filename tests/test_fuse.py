@@ -9,6 +9,7 @@ and say why, except the one that checks what the server says when it cannot make
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -417,6 +418,17 @@ def test_stale_folder_of_a_killed_server_is_cleaned_up_at_restart(
     (flr / "someone-else").mkdir()
     (flr / "someone-else/keep.txt").write_text("not openflr's\n")
     (flr / "empty-but-not-ours").mkdir()
+    # Names this server used and gave up before the crash: one now a folder of someone else's,
+    # one the live folder of another server sharing the FLR root.
+    for machine in ("winbox@", "linbox@"):
+        used, _ = mount_point(client, machine)
+        client.request("DELETE", link(used, "Delete"), 204)
+    (flr / "winbox").mkdir()
+    other = Server(tmp_path / "other", [repository], *args).start()
+    other_client = EmClient(other.base)
+    other_client.logon(USER, PASSWORD)
+    _, other_message = mount_point(other_client, "linbox@")
+    assert folder_of(other_message) == flr / "linbox"
 
     assert srv.process is not None
     srv.process.send_signal(signal.SIGKILL)
@@ -435,6 +447,8 @@ def test_stale_folder_of_a_killed_server_is_cleaned_up_at_restart(
         assert not folder.exists()
         assert (flr / "someone-else/keep.txt").read_text() == "not openflr's\n"
         assert (flr / "empty-but-not-ours").is_dir()
+        assert (flr / "winbox").is_dir()
+        assert cat(flr / "linbox/etc/fstab") == images.linux_fstab().encode()
 
         # The mount record survived the restart: using it again brings its folder back.
         again = EmClient(restarted.base)
@@ -443,7 +457,41 @@ def test_stale_folder_of_a_killed_server_is_cleaned_up_at_restart(
         assert (folder / images.HELLO_NAME).read_text() == images.HELLO_TEXT
     finally:
         restarted.stop()
+        other.stop()
     wait_gone(folder)
+    wait_gone(flr / "linbox")
+
+
+@pytest.mark.parametrize("older", [True, False], ids=["json-list", "journal-cut-short"])
+def test_the_state_file_of_an_older_openflr_or_a_crash_mid_line_is_read_at_start(
+    fuse_ok: None, tmp_path: Path, repository: Path, older: bool
+) -> None:
+    flr, data = tmp_path / "flr", tmp_path / "data"
+    for name in ("left", "kept"):
+        (flr / name).mkdir(parents=True)
+    data.mkdir()
+    left, kept = str(flr / "left"), str(flr / "kept")
+    if older:  # openflr before the journal wrote the folders it had as one JSON list
+        state = json.dumps([left])
+    else:
+        state = "".join(
+            json.dumps(entry) + "\n"
+            for entry in (
+                {"made": left},
+                {"made": str(flr / "gone-meanwhile")},
+                {"made": kept},
+                {"removed": kept},
+            )
+        )
+        state += '{"made": "' + str(flr / "gone-meanwhile")[:5]  # the crash cut this line
+    (data / "flr-folders.json").write_text(state)
+
+    srv = Server(data, [repository], "--flr-root", str(flr)).start()
+    try:
+        assert sorted(os.listdir(flr)) == ["kept"]
+        assert "cannot read" not in srv.log()
+    finally:
+        srv.stop()
 
 
 def test_without_fuse_the_api_works_and_the_task_says_no_folder(

@@ -7,8 +7,9 @@ libfuse (through ``mfusepy``), one loop and its thread pool per mount, reading t
 :class:`~openflr.engine.GuestFileSystem` and its lock; the asyncio loop never waits on it.
 
 The folders openflr makes are listed in a state file in the data folder, so that after a crash
-the next start unmounts and removes exactly those, and nothing else. A name stays listed after
-its folder goes, until the next start: mounting the same machine again then writes nothing.
+the next start unmounts and removes exactly those, and nothing else. The file is a journal, one
+JSON line per folder made or removed, appended to (a mount costs one short write, not a rewrite)
+and written anew, compact, at each start and when it grows long.
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ class FlrFolders:
         self._fuse: Any = None
         self._lock = threading.Lock()
         self._made: set[str] = set()
+        self._lines = 0  # lines in the journal (the state file)
         self._threads = _LoopThreads()
 
     def start(self) -> None:
@@ -290,11 +292,9 @@ class FlrFolders:
                 continue
             except OSError as exc:
                 raise FolderUnavailable(f"cannot make {path}: {exc.strerror}") from exc
-            text = os.fsdecode(path)
             with self._lock:
-                if text not in self._made:
-                    self._made.add(text)
-                    self._save()
+                self._made.add(os.fsdecode(path))
+                self._note("made", os.fsdecode(path))
             return path
         raise FolderUnavailable(f"{_MAX_SAME_NAME} folders named {base!r} exist in {self.root}")
 
@@ -305,20 +305,23 @@ class FlrFolders:
             pass
         except OSError as exc:
             log.warning("left %s in place: %s", path, exc.strerror)
+            return
+        with self._lock:
+            if os.fsdecode(path) in self._made:
+                self._made.discard(os.fsdecode(path))
+                self._note("removed", os.fsdecode(path))
 
     def _clean_stale(self) -> None:
         """Unmount and remove the folders a previous run made and did not remove (a crash)."""
         try:
-            listed = json.loads(self.state_file.read_text(encoding="utf-8"))
+            listed = _read_journal(self.state_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
             log.warning("cannot read %s (%s): no FLR folders cleaned up", self.state_file, exc)
             return
         mounted = _openflr_mounts()
-        for text in listed if isinstance(listed, list) else []:
-            if not isinstance(text, str):
-                continue
+        for text in listed:
             path = Path(text)
             if text in mounted:
                 log.info("unmounting FLR folder %s left by an earlier run", path)
@@ -328,15 +331,56 @@ class FlrFolders:
                 self._made.add(text)
             self._remove_folder(path)
         with self._lock:
-            self._made = {text for text in self._made if os.path.lexists(text)}
             self._save()
 
+    def _note(self, what: str, text: str) -> None:
+        """Add a line to the journal; the caller holds the lock."""
+        if self._lines > 4 * len(self._made) + 64:
+            self._save()
+            return
+        line = json.dumps({what: text}) + "\n"
+        descriptor = os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(descriptor, line.encode("ascii"))
+        finally:
+            os.close(descriptor)
+        self._lines += 1
+
     def _save(self) -> None:
-        """Write the list of folders openflr made, atomically; the caller holds the lock."""
+        """Write the journal anew, a line per folder made, atomically; the caller holds the lock."""
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         partial = self.state_file.with_name(self.state_file.name + ".partial")
-        partial.write_text(json.dumps(sorted(self._made)), encoding="utf-8")
+        partial.write_text(
+            "".join(json.dumps({"made": text}) + "\n" for text in sorted(self._made)),
+            encoding="ascii",
+        )
         os.replace(partial, self.state_file)
+        self._lines = len(self._made)
+
+
+def _read_journal(text: str) -> list[str]:
+    """The folders a state file lists as made and not removed, in the order made.
+
+    A line that is no JSON object (cut short by a crash while it was written) is passed over.
+
+    Raises:
+        ValueError: an older state file (a JSON list) that is not JSON.
+    """
+    if text.lstrip().startswith("["):  # openflr before the journal: a JSON list of paths
+        return [item for item in json.loads(text) if isinstance(item, str)]
+    made: dict[str, None] = {}
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("made"), str):
+            made[entry["made"]] = None
+        if isinstance(entry.get("removed"), str):
+            made.pop(entry["removed"], None)
+    return list(made)
 
 
 class _Operations:
