@@ -315,6 +315,43 @@ def test_requests_racing_a_mount_and_its_unmount_leave_no_folder_behind(
     assert os.listdir(flr) == []
 
 
+def test_files_held_open_neither_hold_up_an_unmount_nor_keep_folders_after_a_stop(
+    flr_server: Server,
+) -> None:
+    client = EmClient(flr_server.base)
+    client.logon(USER, PASSWORD)
+    held = []
+    mounts = []
+    for machine, inside, want in [
+        ("volbox@", images.HELLO_NAME, images.HELLO_TEXT.encode()),
+        ("linbox@", "etc/fstab", images.linux_fstab().encode()),
+    ] * 2:
+        mount, message = mount_point(client, machine)
+        folder = folder_of(message)
+        mounts.append((mount, folder))
+        held.append((open(folder / inside, "rb"), want))  # noqa: SIM115 (closed below)
+
+    # Unmounting leaves the folder at once; the file still open in it reads on.
+    mount, folder = mounts[0]
+    fh, want = held[0]
+    client.request("DELETE", link(mount, "Delete"), 204)
+    assert not mounted(folder)
+    assert fh.read() == want
+    fh.close()
+    wait_gone(folder)
+
+    # Stopping with files open in three folders: the server ends, and takes them all down.
+    flr_server.stop()
+    assert flr_server.process is not None
+    assert flr_server.process.returncode == -signal.SIGTERM  # ended by itself, not killed
+    for fh, _ in held[1:]:
+        with pytest.raises(OSError) as gone:  # the file system it was open in went with the server
+            fh.close()
+        assert gone.value.errno == errno.ENOTCONN
+    for _, folder in mounts[1:]:
+        assert not mounted(folder), folder
+
+
 def test_folder_is_gone_after_logoff(flr_server: Server) -> None:
     client = EmClient(flr_server.base)
     client.logon(USER, PASSWORD)

@@ -268,17 +268,39 @@ class FlrFolders:
         ended = self._threads.run(serve)
         return PendingFolder(self, path, ended, operations.ready, failure)
 
-    def detach(self, folder: FlrFolder) -> None:
-        """Unmount a folder and remove it.
+    def detach(self, folder: FlrFolder, wait: float = _UNMOUNT_WAIT) -> bool:
+        """Unmount a folder and remove it once its FUSE loop has ended; True if it has.
 
         A lazy unmount: the folder leaves the namespace at once even while a client still has a
-        file open in it; that client's next read fails once the mount is closed.
+        file open in it; the loop serves that file until it is closed. False if the loop still
+        runs after ``wait`` seconds: :meth:`finish_detach` ends it.
         """
         if not _unmount(folder.path):
             log.warning("could not unmount %s; it stays until the next start", folder.path)
-            return
-        if not folder.wait_ended(_UNMOUNT_WAIT):
-            log.debug("%s: FUSE loop still ends (open files)", folder.path)
+            return True
+        if not folder.wait_ended(wait):
+            return False
+        self._forget(folder)
+        return True
+
+    def finish_detach(self, folder: FlrFolder, wait: float = _UNMOUNT_WAIT) -> None:
+        """Wait up to ``wait`` seconds for the loop of a folder :meth:`detach` left running (a
+        file open in it), then remove the folder."""
+        if not folder.wait_ended(wait):
+            log.info("%s: a file is still open in the unmounted folder", folder.path)
+        self._forget(folder)
+
+    def detach_all(self, folders: list[FlrFolder]) -> None:
+        """Unmount folders all at once (server shutdown), waiting for their loops together."""
+        for folder in folders:
+            if not _unmount(folder.path):
+                log.warning("could not unmount %s; it stays until the next start", folder.path)
+        deadline = time.monotonic() + _UNMOUNT_WAIT
+        for folder in folders:
+            folder.wait_ended(max(0.0, deadline - time.monotonic()))
+            self._forget(folder)
+
+    def _forget(self, folder: FlrFolder) -> None:
         self._remove_folder(folder.path)
         log.info("FLR folder %s unmounted", folder.path)
 
