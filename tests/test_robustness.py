@@ -193,6 +193,33 @@ def test_ntfs_streams_and_metadata_files_are_not_guest_files(server: Server, pat
     client.logoff()
 
 
+def test_a_backup_file_gone_since_the_scan_fails_the_mount_with_a_reason_and_no_host_path(
+    tmp_path: Path,
+) -> None:
+    tree = tmp_path / "tree"
+    images.make_small_tree(tree)
+    repo = tmp_path / "repo"
+    folder = images.build_volume_point(repo, tree, machine="gonebox")
+    server = Server(tmp_path / "data", [repo]).start()
+    try:
+        client = EmClient(server.base, as_json=True)
+        client.logon(USER, PASSWORD)
+        point = client.restore_point("gonebox@")  # scanned while the file was there
+        (folder / "volume0.img").unlink()
+        task = client.parse(
+            client.request("POST", link(point, "Create", "AgentRestorePointMount"), 202)
+        )
+        task = client.wait(task)
+        message = task["Result"]["Message"]
+        assert str(task["Result"]["Success"]).lower() == "false"
+        assert "cannot be read (No such file or directory)" in message, message
+        assert str(tmp_path) not in message
+        assert "Traceback" not in server.log()
+        client.logoff()
+    finally:
+        server.stop()
+
+
 def test_a_name_that_is_no_utf8_is_audited(tmp_path: Path, repository: Path) -> None:
     """A download of ``latin1-\xe9.txt`` (a Linux name whose byte 0xE9 is no UTF-8) is in the
     audit table too: the database cannot store the surrogate the name is kept with, and the

@@ -252,6 +252,13 @@ class MountService:
             return TaskOutcome(False, f"Cannot mount {point.name}: {exc}")
         except EngineError as exc:
             return TaskOutcome(False, f"Cannot mount {point.name}: {exc}")
+        except OSError as exc:  # the client learns why, the log (not the client) where
+            log.warning("mount of %s failed: %s", point.id, exc)
+            return TaskOutcome(
+                False,
+                f"Cannot mount {point.name}: a backup file of it cannot be read "
+                f"({exc.strerror or type(exc).__name__}); the repository may have changed",
+            )
         except Exception as exc:
             log.warning("mount of %s failed", point.id, exc_info=True)
             return TaskOutcome(False, f"Cannot mount {point.name}: {type(exc).__name__}: {exc}")
