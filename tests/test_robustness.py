@@ -214,6 +214,19 @@ def test_a_backup_file_gone_since_the_scan_fails_the_mount_with_a_reason_and_no_
         assert str(task["Result"]["Success"]).lower() == "false"
         assert "cannot be read (No such file or directory)" in message, message
         assert str(tmp_path) not in message
+
+        # A mount that outlived a restart, its file gone meanwhile: the same, on the reopen.
+        images.build_volume_point(repo, tree, machine="gonebox")
+        mount = client.mount(point)
+        server.stop()
+        restarted = Server(tmp_path / "data", [repo])
+        restarted.port, restarted.base = server.port, server.base
+        server = restarted.start()
+        (folder / "volume0.img").unlink()  # after the new server's scan, before the mount's use
+        gone = client.request("GET", mount["Href"], 410)
+        message = client.parse(gone)["Message"]
+        assert "cannot be read (No such file or directory)" in message, message
+        assert str(tmp_path) not in message
         assert "Traceback" not in server.log()
         client.logoff()
     finally:

@@ -12,7 +12,6 @@ from sqlalchemy import bindparam, exists, false, func, insert, or_, select, upda
 from openflr.audit import AuditLog
 from openflr.catalog import Catalog, RestorePoint
 from openflr.engine import EngineError, OpenedRestorePoint
-from openflr.engine.errors import UnsupportedBackup
 from openflr.fuse import FlrFolder, FlrFolders, FolderUnavailable, PendingFolder
 from openflr.opened import OpenedPoints
 from openflr.store import Database, LogonSessionRow, MountRow, utcnow
@@ -248,20 +247,8 @@ class MountService:
             return TaskOutcome(False, f"Cannot mount {point.name}: {point.unsupported}")
         try:
             opened = self._shared.acquire(point)
-        except UnsupportedBackup as exc:
-            return TaskOutcome(False, f"Cannot mount {point.name}: {exc}")
-        except EngineError as exc:
-            return TaskOutcome(False, f"Cannot mount {point.name}: {exc}")
-        except OSError as exc:  # the client learns why, the log (not the client) where
-            log.warning("mount of %s failed: %s", point.id, exc)
-            return TaskOutcome(
-                False,
-                f"Cannot mount {point.name}: a backup file of it cannot be read "
-                f"({exc.strerror or type(exc).__name__}); the repository may have changed",
-            )
         except Exception as exc:
-            log.warning("mount of %s failed", point.id, exc_info=True)
-            return TaskOutcome(False, f"Cannot mount {point.name}: {type(exc).__name__}: {exc}")
+            return TaskOutcome(False, _cannot_open("mount", point, exc))
 
         if self.tasks.is_cancelled(task_number):
             self._shared.release(opened)
@@ -388,7 +375,7 @@ class MountService:
         try:
             opened = self._shared.acquire(point)
         except Exception as exc:
-            raise MountGone(f"Cannot reopen {point.name}: {exc}") from exc
+            raise MountGone(_cannot_open("reopen", point, exc)) from exc
         with self._records:
             with self.db.connection() as connection:
                 live = connection.execute(_LIVE, {"row": row_id}).first() is not None
@@ -425,3 +412,18 @@ class MountService:
             return
         if opened is not None:
             self._shared.release(opened)
+
+
+def _cannot_open(doing: str, point: RestorePoint, exc: Exception) -> str:
+    """Why a restore point cannot be opened, as its client reads it: the log alone gets where."""
+    if isinstance(exc, EngineError):  # the engine names no host path
+        return f"Cannot {doing} {point.name}: {exc}"
+    if isinstance(exc, OSError):
+        log.warning("%s of %s failed: %s", doing, point.id, exc)
+        why = exc.strerror or type(exc).__name__
+        return (
+            f"Cannot {doing} {point.name}: a backup file of it cannot be read ({why}); "
+            "the repository may have changed"
+        )
+    log.warning("%s of %s failed", doing, point.id, exc_info=True)
+    return f"Cannot {doing} {point.name}: {type(exc).__name__}: {exc}"
