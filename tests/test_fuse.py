@@ -466,6 +466,7 @@ def test_stale_folder_of_a_killed_server_is_cleaned_up_at_restart(
     other_client.logon(USER, PASSWORD)
     _, other_message = mount_point(other_client, "linbox@")
     assert folder_of(other_message) == flr / "linbox"
+    mount_point(client, "mbrbox@")  # still mounted at the crash; cleaned up by someone after it
 
     assert srv.process is not None
     srv.process.send_signal(signal.SIGKILL)
@@ -474,6 +475,11 @@ def test_stale_folder_of_a_killed_server_is_cleaned_up_at_restart(
     with pytest.raises(OSError) as stale:
         os.listdir(folder)
     assert stale.value.errno == errno.ENOTCONN
+
+    subprocess.run(["umount", "-l", str(flr / "mbrbox")], check=True, timeout=30)
+    (flr / "mbrbox").rmdir()
+    _, taken = mount_point(other_client, "mbrbox@")  # the other server takes the name
+    assert folder_of(taken) == flr / "mbrbox"
 
     restarted = Server(tmp_path / "data", [repository], *args)
     restarted.port = srv.port
@@ -486,6 +492,7 @@ def test_stale_folder_of_a_killed_server_is_cleaned_up_at_restart(
         assert (flr / "empty-but-not-ours").is_dir()
         assert (flr / "winbox").is_dir()
         assert cat(flr / "linbox/etc/fstab") == images.linux_fstab().encode()
+        assert mounted(flr / "mbrbox") and os.listdir(flr / "mbrbox")
 
         # The mount record survived the restart: using it again brings its folder back.
         again = EmClient(restarted.base)
@@ -497,19 +504,21 @@ def test_stale_folder_of_a_killed_server_is_cleaned_up_at_restart(
         other.stop()
     wait_gone(folder)
     wait_gone(flr / "linbox")
+    wait_gone(flr / "mbrbox")
 
 
-@pytest.mark.parametrize("older", [True, False], ids=["json-list", "journal-cut-short"])
-def test_the_state_file_of_an_older_openflr_or_a_crash_mid_line_is_read_at_start(
-    fuse_ok: None, tmp_path: Path, repository: Path, older: bool
+@pytest.mark.parametrize("kind", ["json-list", "journal-cut-short", "garbage-and-strangers"])
+def test_the_state_file_of_an_older_openflr_a_crash_or_garbage_is_read_at_start(
+    fuse_ok: None, tmp_path: Path, repository: Path, kind: str
 ) -> None:
     flr, data = tmp_path / "flr", tmp_path / "data"
     for name in ("left", "kept"):
         (flr / name).mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
     data.mkdir()
     left, kept = str(flr / "left"), str(flr / "kept")
-    if older:  # openflr before the journal wrote the folders it had as one JSON list
-        state = json.dumps([left])
+    if kind == "json-list":  # openflr before the journal wrote the folders it had as one list
+        state = json.dumps([left]).encode()
     else:
         state = "".join(
             json.dumps(entry) + "\n"
@@ -518,15 +527,27 @@ def test_the_state_file_of_an_older_openflr_or_a_crash_mid_line_is_read_at_start
                 {"made": str(flr / "gone-meanwhile")},
                 {"made": kept},
                 {"removed": kept},
+                {"made": str(tmp_path / "outside")},  # not in the FLR root: never touched
             )
-        )
-        state += '{"made": "' + str(flr / "gone-meanwhile")[:5]  # the crash cut this line
-    (data / "flr-folders.json").write_text(state)
+        ).encode()
+        if kind == "journal-cut-short":
+            state += b'{"made": "' + str(flr / "gone-meanwhile")[:5].encode()  # a crash cut it
+        else:
+            state = b"\xff\xfe garbage\n" + state + b"[1, 2\n"
+    (data / "flr-folders.json").write_bytes(state)
 
     srv = Server(data, [repository], "--flr-root", str(flr)).start()
     try:
         assert sorted(os.listdir(flr)) == ["kept"]
+        assert (tmp_path / "outside").is_dir()
         assert "cannot read" not in srv.log()
+        # Written anew: what this run makes is what the file lists.
+        client = EmClient(srv.base)
+        client.logon(USER, PASSWORD)
+        _, message = mount_point(client, "volbox@")
+        lines = (data / "flr-folders.json").read_text().splitlines()
+        assert [json.loads(line) for line in lines] == [{"made": str(folder_of(message))}]
+        client.logoff()
     finally:
         srv.stop()
 

@@ -336,16 +336,25 @@ class FlrFolders:
     def _clean_stale(self) -> None:
         """Unmount and remove the folders a previous run made and did not remove (a crash)."""
         try:
-            listed = _read_journal(self.state_file.read_text(encoding="utf-8"))
+            listed = _read_journal(self.state_file.read_text(encoding="utf-8", errors="replace"))
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
+            # Written anew below, so that the folders of this run are cleaned after a crash.
             log.warning("cannot read %s (%s): no FLR folders cleaned up", self.state_file, exc)
-            return
+            listed = []
         mounted = _openflr_mounts()
         for text in listed:
             path = Path(text)
+            if path.parent != self.root:
+                log.warning("%s is not in the FLR root %s; left alone", path, self.root)
+                continue
             if text in mounted:
+                # Only a mount whose server is gone; a live one is another server's, which
+                # took the name after this one gave it up.
+                if _served(path):
+                    log.info("FLR folder %s is served by another process; left alone", path)
+                    continue
                 log.info("unmounting FLR folder %s left by an earlier run", path)
                 _unmount(path)
             # rmdir, never a recursive delete: a folder holding anything is not ours to delete.
@@ -378,6 +387,15 @@ class FlrFolders:
         )
         os.replace(partial, self.state_file)
         self._lines = len(self._made)
+
+
+def _served(path: Path) -> bool:
+    """Whether a FUSE mount still has a server: one whose server died answers ENOTCONN."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno != errno.ENOTCONN
+    return True
 
 
 def _read_journal(text: str) -> list[str]:
