@@ -53,6 +53,8 @@ _NEGATIVE_TIMEOUT = 60
 _MOUNT_WAIT = 15.0
 _ACTIVITY_EVERY = 1.0
 _UNMOUNT_WAIT = 5.0
+# How long an unmount waits for its folder's FUSE loop before leaving the rest to a thread.
+_DETACH_QUICK = 0.5
 _MAX_SAME_NAME = 1000
 # A machine name is cut to this many bytes so that a suffix like "_999" still fits in the
 # 255 bytes most Linux file systems allow for one name.
@@ -268,27 +270,32 @@ class FlrFolders:
         ended = self._threads.run(serve)
         return PendingFolder(self, path, ended, operations.ready, failure)
 
-    def detach(self, folder: FlrFolder, wait: float = _UNMOUNT_WAIT) -> bool:
-        """Unmount a folder and remove it once its FUSE loop has ended; True if it has.
+    def detach(self, folder: FlrFolder, then: Callable[[], None] | None = None) -> None:
+        """Unmount a folder, remove it once its FUSE loop has ended, then call ``then``.
 
         A lazy unmount: the folder leaves the namespace at once even while a client still has a
-        file open in it; the loop serves that file until it is closed. False if the loop still
-        runs after ``wait`` seconds: :meth:`finish_detach` ends it.
+        file open in it, and the loop serves that file until it is closed, for at most
+        :data:`_UNMOUNT_WAIT` seconds. A loop that has not ended within :data:`_DETACH_QUICK` is
+        waited for in a thread, which removes the folder and calls ``then``; this returns at once.
         """
         if not _unmount(folder.path):
             log.warning("could not unmount %s; it stays until the next start", folder.path)
-            return True
-        if not folder.wait_ended(wait):
-            return False
-        self._forget(folder)
-        return True
+        elif folder.wait_ended(_DETACH_QUICK):
+            self._forget(folder)
+        else:
+            threading.Thread(
+                target=self._detach_later, args=(folder, then), name="openflr-unmount", daemon=True
+            ).start()
+            return
+        if then is not None:
+            then()
 
-    def finish_detach(self, folder: FlrFolder, wait: float = _UNMOUNT_WAIT) -> None:
-        """Wait up to ``wait`` seconds for the loop of a folder :meth:`detach` left running (a
-        file open in it), then remove the folder."""
-        if not folder.wait_ended(wait):
+    def _detach_later(self, folder: FlrFolder, then: Callable[[], None] | None) -> None:
+        if not folder.wait_ended(_UNMOUNT_WAIT):
             log.info("%s: a file is still open in the unmounted folder", folder.path)
         self._forget(folder)
+        if then is not None:
+            then()
 
     def detach_all(self, folders: list[FlrFolder]) -> None:
         """Unmount folders all at once (server shutdown), waiting for their loops together."""
@@ -727,7 +734,11 @@ def _unmount(path: Path) -> bool:
     for command in (["fusermount3", "-u", "-z", text], ["umount", "-l", text]):
         if shutil.which(command[0]) is None:
             continue
-        result = subprocess.run(command, capture_output=True, timeout=30, check=False)
+        try:
+            result = subprocess.run(command, capture_output=True, timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.debug("%s: %s", " ".join(command), exc)
+            continue
         if result.returncode == 0:
             return True
         log.debug("%s: %s", " ".join(command), result.stderr.decode(errors="replace").strip())

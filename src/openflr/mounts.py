@@ -22,11 +22,6 @@ log = logging.getLogger(__name__)
 __all__ = ["Mount", "MountGone", "MountService"]
 
 
-# How long an unmount waits for its folder's FUSE loop before leaving the rest to a thread.
-_FOLDER_QUICK = 0.5
-_UNMOUNT_WAIT = 5.0
-
-
 class MountGone(Exception):
     """A mount record whose restore point can no longer be opened (its backup file went away)."""
 
@@ -234,11 +229,8 @@ class MountService:
             self._opened.clear()
             folders = list(self._folders.values())
             self._folders.clear()
-        if self.folders is not None and folders:
-            try:
-                self.folders.detach_all(folders)
-            except Exception:  # a failed unmount must not keep the backup files open
-                log.exception("unmounting the FLR folders failed")
+        if self.folders is not None:
+            self.folders.detach_all(folders)
         for item in opened:
             self._shared.release(item)
 
@@ -349,18 +341,12 @@ class MountService:
             return  # gone already
         self._detach(folder)
 
-    def _detach(self, folder: FlrFolder, wait: float = _UNMOUNT_WAIT) -> bool:
-        """Unmount a folder; False if a file open in it keeps its loop running after ``wait``."""
+    def _detach(self, folder: FlrFolder, then: Callable[[], None] | None = None) -> None:
+        """Unmount a folder, then call ``then`` (see :meth:`FlrFolders.detach`)."""
         if self.folders is not None:
-            try:
-                if self.folders.detach(folder, wait):
-                    return True
-                if wait < _UNMOUNT_WAIT:
-                    return False
-                self.folders.finish_detach(folder, wait=0)  # waited long enough
-            except Exception:  # a failed unmount must not keep the mount's files open
-                log.exception("unmounting FLR folder %s failed", folder.path)
-        return True
+            self.folders.detach(folder, then)
+        elif then is not None:
+            then()
 
     def _reopen(
         self, row_id: int, point: RestorePoint, number: int, session_id: str
@@ -397,21 +383,16 @@ class MountService:
 
     def _let_go(self, opened: OpenedRestorePoint | None, folder: FlrFolder | None) -> None:
         """Unmount a released mount's folder, then release its restore point."""
-        # The folder goes first, so that no reader of it meets a closed restore point. A file
-        # open in the folder keeps it served until closed (at most _UNMOUNT_WAIT): the rest is
-        # then left to a thread, and the unmount itself returns at once.
-        if folder is not None and not self._detach(folder, _FOLDER_QUICK):
 
-            def later() -> None:
-                if self.folders is not None:
-                    self.folders.finish_detach(folder)
-                if opened is not None:
-                    self._shared.release(opened)
+        def release() -> None:
+            if opened is not None:
+                self._shared.release(opened)
 
-            threading.Thread(target=later, name="openflr-unmount", daemon=True).start()
-            return
-        if opened is not None:
-            self._shared.release(opened)
+        # The folder goes first, so that no reader of it meets a closed restore point.
+        if folder is not None:
+            self._detach(folder, release)
+        else:
+            release()
 
 
 def _cannot_open(doing: str, point: RestorePoint, exc: Exception) -> str:
