@@ -75,10 +75,16 @@ class ClusterRunStream(AlignedStream):  # type: ignore[misc]
         self._l2_bits = qcow2.cluster_bits - 3
         self._l1 = [int(entry) & _OFFSET_MASK for entry in qcow2.l1_table]
         self._l2: OrderedDict[int, array[int]] = OrderedDict()
+        # The table of the last lookup, at hand without the LRU's bookkeeping: a run of clusters
+        # mostly stays in one table (a GiB of 64 KiB clusters is 16,384 lookups).
+        self._last_l2: tuple[int, array[int]] | None = None
 
     def _l2_table(self, offset: int) -> array[int]:
+        if self._last_l2 is not None and self._last_l2[0] == offset:
+            return self._last_l2[1]
         table = self._l2.get(offset)
         if table is not None:
+            self._last_l2 = (offset, table)
             self._l2.move_to_end(offset)
             return table
         self._fh.seek(offset)
@@ -89,6 +95,7 @@ class ClusterRunStream(AlignedStream):  # type: ignore[misc]
         self._l2[offset] = table
         if len(self._l2) > _L2_TABLES:
             self._l2.popitem(last=False)
+        self._last_l2 = (offset, table)
         return table
 
     def _entry(self, cluster: int) -> int:
@@ -137,17 +144,8 @@ class ClusterRunStream(AlignedStream):  # type: ignore[misc]
     def map_runs(self, offset: int, length: int) -> list[Run]:
         """Where ``length`` bytes from ``offset`` lie, as :meth:`_read` reads them."""
 
-        # The L2 table of the last cluster: a run of clusters mostly stays in one table.
-        held: list[Any] = [-1, None]
-        per_table = 1 << self._l2_bits
-
         def locate(cluster: int) -> Any:
-            l1_index, l2_index = divmod(cluster, per_table)
-            if l1_index != held[0]:
-                l2_offset = self._l1[l1_index] if l1_index < len(self._l1) else 0
-                held[0], held[1] = l1_index, self._l2_table(l2_offset) if l2_offset else None
-            table = held[1]
-            entry = int(table[l2_index]) if table is not None else 0
+            entry = self._entry(cluster)
             if entry & _COMPRESSED:
                 return self._fallback
             if _is_zero(entry):
