@@ -94,6 +94,9 @@ def _map(stream: Any, offset: int, length: int) -> list[Run]:
     """The runs of exactly ``length`` bytes of ``stream`` from ``offset``, or :class:`_ShortMap`."""
     if length <= 0:
         return []
+    size = getattr(stream, "size", None)
+    if isinstance(size, int) and size > 0 and offset + length > size:
+        raise _ShortMap  # every layer reads short past its end (a host file has no size here)
     mapper = _MAPPERS.get(type(stream))
     if mapper is not None:
         return mapper(stream, offset, length)
@@ -187,8 +190,6 @@ def _runlist(stream: RunlistStream, offset: int, length: int) -> list[Run]:
 
 def _range(stream: RangeStream, offset: int, length: int) -> list[Run]:
     """A range of another stream (``RangeStream._read``): a partition of a disk, say."""
-    if stream.size and offset + length > stream.size:
-        raise _ShortMap
     return _map(stream._fh, stream.offset + offset, length)
 
 
@@ -217,8 +218,6 @@ def _target_volume(volume: Any, offset: int, length: int) -> list[Run]:
 
 def _raw_container(container: RawContainer, offset: int, length: int) -> list[Run]:
     """A raw image: its reads are those of the stream it keeps over the file."""
-    if offset + length > container.size:
-        raise _ShortMap
     return _map(container.fh, offset, length)
 
 
@@ -227,8 +226,6 @@ def _vhd_container(container: Any, offset: int, length: int) -> list[Run]:
     its BAT, each block's data after its sector bitmap, a block never written as zeros."""
     from dissect.hypervisor.disk.vhd import DynamicDisk, FixedDisk
 
-    if offset + length > container.size:
-        raise _ShortMap
     disk = container.vhd.disk
     if type(disk) is FixedDisk:
         return _map(disk.fh, offset, length)
