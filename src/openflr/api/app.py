@@ -600,7 +600,6 @@ class _Api:
 
     async def _restore_point(self, request: Request, point_id: str) -> RestorePoint:
         kind = _family(request)
-        await self._session(request)
         access = await self._access(request)
         point = self.services.catalog.peek(point_id)
         if point is None:  # the catalog may have to read the repositories

@@ -30,7 +30,7 @@ from openflr.engine.guest import GuestFileStream
 
 log = logging.getLogger(__name__)
 
-__all__ = ["file_response", "folder_response"]
+__all__ = ["ClosingStreamingResponse", "file_response", "folder_response"]
 
 CHUNK = 1 << 20
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.I)
@@ -128,7 +128,7 @@ def file_response(
         stream,
         start,
         length,
-        stopped or (lambda: False),
+        stopped=stopped,
         status_code=status,
         headers=headers,
         media_type="application/octet-stream",
@@ -160,12 +160,18 @@ class ClosingStreamingResponse(StreamingResponse):
     """
 
     on_end: Callable[[int, str], Awaitable[None]] | None = None
-    # Turns true when the response must end where it has got to (its mount was released, the
-    # server is stopping); looked at between chunks and, while a send waits, four times a second.
-    stopped: Callable[[], bool] = staticmethod(lambda: False)
     log_name = "response"
     bytes_sent = 0
     _extensions: dict[str, Any] = {}
+
+    def __init__(
+        self, content: Any, *, stopped: Callable[[], bool] | None = None, **kwargs: Any
+    ) -> None:
+        # Turns true when the response must end where it has got to (its mount was released,
+        # the server is stopping); looked at between chunks and, while a send waits, four times
+        # a second.
+        self.stopped: Callable[[], bool] = stopped or (lambda: False)
+        super().__init__(content, **kwargs)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self._extensions = scope.get("extensions") or {}
@@ -241,13 +247,11 @@ class GuestFileResponse(ClosingStreamingResponse):
         stream: GuestFileStream,
         start: int,
         length: int,
-        stopped: Callable[[], bool],
         **kwargs: Any,
     ) -> None:
-        self.stopped = stopped
         self.log_name = stream.guest_path
         # The body yields FileRuns too, which send_chunk below sends.
-        super().__init__(self._body(stream, start, length), **kwargs)  # type: ignore[arg-type]
+        super().__init__(self._body(stream, start, length), **kwargs)
 
     @property
     def zero_copy(self) -> bool:
@@ -466,12 +470,9 @@ def folder_response(
             time.monotonic() - started,
         )
 
-    response = ClosingStreamingResponse(
-        read_ahead(chunks()), media_type="application/zip", headers=headers
+    return ClosingStreamingResponse(
+        read_ahead(chunks()), stopped=stopped, media_type="application/zip", headers=headers
     )
-    if stopped is not None:
-        response.stopped = stopped
-    return response
 
 
 def _walk(files: GuestFileSystem, path: str, errors: list[str]) -> Iterator[GuestEntry]:
