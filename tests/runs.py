@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from openflr.catalog import Catalog
@@ -50,20 +51,31 @@ def _files(files: GuestFileSystem, folder: str, limit: int) -> list[tuple[str, i
     return found[:limit]
 
 
-def check_points(repository: Path, per_root: int = 40) -> dict[str, Counter[str]]:
+@dataclass
+class Mapped:
+    """What a restore point's whole-file maps held: the kinds of run (``FileRun``, ``ZeroRun``,
+    ``StreamRun``) in all, and per guest file its kinds and the image files (inode numbers) its
+    file runs lie in."""
+
+    kinds: Counter[str] = field(default_factory=Counter)
+    files: dict[str, Counter[str]] = field(default_factory=dict)
+    images: dict[str, set[int]] = field(default_factory=dict)
+
+
+def check_points(repository: Path, per_root: int = 40) -> dict[str, Mapped]:
     """Compare runs with reads for files of every restore point of ``repository``.
 
-    Returns the kinds of run seen per machine name (``FileRun``, ``ZeroRun``, ``StreamRun``),
-    counted over the whole-file maps, so that callers can tell the zero-copy path was taken.
+    Returns what the whole-file maps held per machine name, so that callers can tell the
+    zero-copy path was taken, and for which files.
     """
-    seen: dict[str, Counter[str]] = {}
+    seen: dict[str, Mapped] = {}
     rng = random.Random(0x5E4D)
     for point in Catalog([repository]).all():
         try:
             opened = open_restore_point(point.source)
         except BackupError:
             continue  # a point made to fail to open; its own tests cover it
-        kinds = seen.setdefault(point.machine, Counter())
+        mapped = seen.setdefault(point.machine, Mapped())
         try:
             files = opened.files
             for root in files.roots:
@@ -75,7 +87,14 @@ def check_points(repository: Path, per_root: int = 40) -> dict[str, Counter[str]
                     with stream:
                         whole = stream.read(size)
                         runs = stream.runs(0, size)
-                        kinds.update(type(run).__name__ for run in runs)
+                        kinds = Counter(type(run).__name__ for run in runs)
+                        mapped.kinds.update(kinds)
+                        mapped.files[path] = kinds
+                        mapped.images[path] = {
+                            os.fstat(run.file.fileno()).st_ino
+                            for run in runs
+                            if isinstance(run, FileRun)
+                        }
                         assert run_bytes(stream, runs) == whole, path
                         for _ in range(3):
                             first = rng.randrange(size + 1)

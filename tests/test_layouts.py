@@ -368,4 +368,6 @@ def test_layout_files_map_to_runs_that_hold_their_bytes(layout_server: Server) -
     for machine in ("lvmspan", "lvmxfs", "xfsbox", "exfatbox", "fatbox", "dynamicbox"):
         if machine == "exfatbox" and images.exfat_fuse_missing() is not None:
             continue  # built only where exfat-fuse can write it
-        assert seen[machine]["FileRun"] > 0, (machine, seen[machine])
+        assert seen[machine].kinds["FileRun"] > 0, (machine, seen[machine].kinds)
+    # The file that crosses from one disk to the other sends from both image files.
+    assert len(seen["lvmspan"].images["/span.bin"]) == 2, seen["lvmspan"].images
