@@ -645,8 +645,9 @@ def test_the_end_of_a_request_whose_session_just_ended_changes_nothing(tmp_path:
     """Found by the load test: a client that logged off the moment a long answer reached it
     ended its session before the server, at the end of that request, marked the session used.
     The ORM update of the row that was gone raised; the server logged an ERROR and closed the
-    connection the logoff was being answered on. Marking a session used, at a request's end,
-    on authentication or from the FLR folder, must change nothing once the session is gone."""
+    connection the logoff was being answered on. Marking a session used at a request's end
+    while the logoff commits must change nothing; marking it (as the FLR folder does) or
+    authenticating with its token afterwards neither."""
     from openflr.sessions import SessionService
     from openflr.store import Database
 
