@@ -689,7 +689,7 @@ class GuestFileStream:
         self._fh = fh
         self._lock = lock
         self._pos = 0
-        self._host_files: dict[int, tuple[Any, HostFile]] = {}
+        self._host_files: dict[Any, HostFile] = {}  # image file object -> this stream's own
         self.guest_path = guest_path
 
     def runs(self, offset: int, length: int) -> list[Run]:
@@ -727,10 +727,10 @@ class GuestFileStream:
                 raise GuestFileUnreadable(self.guest_path, str(exc) or type(exc).__name__) from exc
 
     def _host_file(self, file: Any) -> HostFile:
-        known = self._host_files.get(id(file))
+        known = self._host_files.get(file)
         if known is None:
-            known = self._host_files[id(file)] = (file, HostFile(os.dup(file.fileno())))
-        return known[1]
+            known = self._host_files[file] = HostFile(os.dup(file.fileno()))
+        return known
 
     def read(self, size: int = -1) -> bytes:
         with self._reading():
@@ -755,7 +755,7 @@ class GuestFileStream:
     def close(self) -> None:
         with self._lock:
             self._fh = _ClosedStream(self.guest_path)  # type: ignore[assignment]
-            for _file, host_file in self._host_files.values():
+            for host_file in self._host_files.values():
                 host_file.close()
             self._host_files.clear()
 
